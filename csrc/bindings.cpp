@@ -1,0 +1,39 @@
+// The one place where winnow's ops are declared (TORCH_LIBRARY schemas) and where the Python
+// module winnow._C is bound. Each backend registers its kernels next to them
+// (csrc/cpu/<op>.cpp: TORCH_LIBRARY_IMPL(winnow, CPU); csrc/cuda/<op>.cu: ...CUDA), so a
+// CPU-only build needs no #ifdef; the fake (meta) kernels live in python/winnow/ops.py.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#ifndef WINNOW_TORCH_VERSION
+#error "WINNOW_TORCH_VERSION must be defined by the build"
+#endif
+
+TORCH_LIBRARY(winnow, m) {
+  // importance_update family (csrc/include/winnow/importance_update.h)
+  m.def(
+      "importance_update_adalora(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avg_ipt, "
+      "Tensor(b!)[] exp_avg_unc, float beta1, float beta2, Tensor(c!) nonfinite) -> ()");
+  m.def(
+      "importance_update_id3(Tensor[] params, Tensor[] grads, Tensor(a!)[] scores, Tensor[] unmasked, "
+      "float eps, float exponent, float beta, Tensor(b!) nonfinite) -> ()");
+  m.def("importance_score(Tensor[] exp_avg_ipt, Tensor[] exp_avg_unc, int[] mean_dims) -> Tensor[]");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "winnow's compiled kernels; the ops are torch.ops.winnow.*";
+  m.def("build_info", [] {
+    py::dict info;
+    info["torch_version"] = WINNOW_TORCH_VERSION;
+#ifdef WINNOW_WITH_CUDA
+    info["cuda_kernels"] = true;
+    info["cuda_archs"] = WINNOW_CUDA_ARCHS;
+#else
+    info["cuda_kernels"] = false;
+    info["cuda_archs"] = "";
+#endif
+    return info;
+  });
+}

@@ -1,0 +1,52 @@
+#pragma once
+// One parallel region over a list of tensors: every tensor is cut into chunks and the chunks
+// of all tensors are shared out among the threads together (CPU analogue of multi_tensor_apply).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace winnow::cpu {
+
+struct Chunk {
+  size_t tensor;  // index into the tensor list
+  int64_t begin;  // element range [begin, end) of that tensor
+  int64_t end;
+};
+
+constexpr int64_t kChunkElements = 1 << 15;
+
+// Runs body(chunk) -> int64_t for every chunk, in parallel; returns the per-tensor sums of
+// what body returned (used for counts of skipped elements).
+template <typename Body>
+std::vector<int64_t> for_each_chunk(const std::vector<int64_t>& numels, Body&& body) {
+  std::vector<Chunk> chunks;
+  for (size_t t = 0; t < numels.size(); ++t) {
+    for (int64_t b = 0; b < numels[t]; b += kChunkElements) {
+      chunks.push_back({t, b, std::min(numels[t], b + kChunkElements)});
+    }
+  }
+  std::vector<int64_t> per_chunk(chunks.size(), 0);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) per_chunk[c] = body(chunks[c]);
+  });
+  std::vector<int64_t> per_tensor(numels.size(), 0);
+  for (size_t c = 0; c < chunks.size(); ++c) per_tensor[chunks[c].tensor] += per_chunk[c];
+  return per_tensor;
+}
+
+inline std::vector<int64_t> numels_of(const std::vector<at::Tensor>& tensors) {
+  std::vector<int64_t> n;
+  n.reserve(tensors.size());
+  for (const auto& t : tensors) n.push_back(t.numel());
+  return n;
+}
+
+// counter[i] += add[i] for a CPU int64 counter tensor.
+inline void add_counts(const at::Tensor& counter, const std::vector<int64_t>& add) {
+  int64_t* c = counter.data_ptr<int64_t>();
+  for (size_t i = 0; i < add.size(); ++i) c[i] += add[i];
+}
+
+}  // namespace winnow::cpu

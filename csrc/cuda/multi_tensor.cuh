@@ -1,0 +1,114 @@
+#pragma once
+// Multi-tensor launches: one kernel launch covers up to kMaxTensorsPerLaunch tensors (of one
+// dtype), one thread block per chunk of kChunkElements elements. Tensor pointers and sizes
+// travel as a by-value kernel argument (as in torch's MultiTensorApply), so a launch needs no
+// allocation and no host-device copy. Indices are int64 throughout (tensors over 2^31 elements).
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+namespace winnow::cuda {
+
+constexpr int kBlockThreads = 256;
+constexpr int64_t kChunkElements = 1 << 16;
+constexpr int kVec = 4;  // elements per vector access (16 B of float32)
+constexpr int kMaxTensorsPerLaunch = 48;
+
+// N pointer slots per tensor; kept well under the 4 KB kernel-parameter limit.
+template <int N>
+struct TensorListMeta {
+  void* ptr[N][kMaxTensorsPerLaunch];
+  int64_t numel[kMaxTensorsPerLaunch];
+  int64_t first_block[kMaxTensorsPerLaunch + 1];
+  bool aligned[kMaxTensorsPerLaunch];  // every pointer aligned for kVec-wide accesses
+  int num_tensors;
+};
+static_assert(sizeof(TensorListMeta<5>) < 4000, "kernel argument too large");
+
+// The tensor a block works on: the last one whose first block is <= blockIdx.x.
+template <int N>
+__device__ __forceinline__ int tensor_of_block(const TensorListMeta<N>& meta, int64_t block) {
+  int lo = 0, hi = meta.num_tensors - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (meta.first_block[mid] <= block) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T, int W>
+struct alignas(sizeof(T) * W) Vec {
+  T v[W];
+};
+
+template <int W, typename T>
+__device__ __forceinline__ Vec<T, W> load(const T* p) {
+  return *reinterpret_cast<const Vec<T, W>*>(p);
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void store(T* p, const Vec<T, W>& v) {
+  *reinterpret_cast<Vec<T, W>*>(p) = v;
+}
+
+// Calls body(width, i) over this block's chunk: width = kVec on aligned tensors for all full
+// groups, width = 1 for the rest. body processes elements [i, i + width).
+template <int N, typename Body>
+__device__ __forceinline__ void for_chunk(const TensorListMeta<N>& meta, int t, Body&& body) {
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - meta.first_block[t]) * kChunkElements;
+  const int64_t end = begin + kChunkElements < meta.numel[t] ? begin + kChunkElements : meta.numel[t];
+  const int64_t vec_end = meta.aligned[t] ? begin + (end - begin) / kVec * kVec : begin;
+  for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vec_end; i += blockDim.x * kVec) {
+    body(std::integral_constant<int, kVec>{}, i);
+  }
+  for (int64_t i = vec_end + threadIdx.x; i < end; i += blockDim.x) {
+    body(std::integral_constant<int, 1>{}, i);
+  }
+}
+
+// Adds a block's count of skipped elements to a per-tensor int64 counter; atomics only in the
+// (rare) blocks that saw one.
+__device__ __forceinline__ void add_skipped(int64_t* counter, int skipped) {
+  if (__syncthreads_or(skipped != 0) && skipped != 0) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(counter), static_cast<unsigned long long>(skipped));
+  }
+}
+
+// Host side: fills TensorListMeta for consecutive groups of tensors and calls
+// launch(meta, num_blocks) for each. elem_bytes[k] is the element size of pointer slot k
+// (0 for a slot that may be null, e.g. an optional mask).
+template <int N, typename Launch>
+void launch_over(const std::vector<std::array<void*, N>>& ptrs, const std::vector<int64_t>& numels,
+                 const std::array<int, N>& elem_bytes, Launch&& launch) {
+  TensorListMeta<N> meta{};
+  int64_t blocks = 0;
+  auto flush = [&] {
+    if (meta.num_tensors == 0) return;
+    meta.first_block[meta.num_tensors] = blocks;
+    launch(meta, blocks);
+    meta = TensorListMeta<N>{};
+    blocks = 0;
+  };
+  for (size_t t = 0; t < ptrs.size(); ++t) {
+    if (numels[t] == 0) continue;
+    const int slot = meta.num_tensors;
+    bool aligned = true;
+    for (int k = 0; k < N; ++k) {
+      meta.ptr[k][slot] = ptrs[t][k];
+      const auto addr = reinterpret_cast<uintptr_t>(ptrs[t][k]);
+      if (ptrs[t][k] != nullptr && elem_bytes[k] > 0) aligned = aligned && addr % (elem_bytes[k] * kVec) == 0;
+    }
+    meta.aligned[slot] = aligned;
+    meta.numel[slot] = numels[t];
+    meta.first_block[slot] = blocks;
+    blocks += (numels[t] + kChunkElements - 1) / kChunkElements;
+    meta.num_tensors++;
+    if (meta.num_tensors == kMaxTensorsPerLaunch) flush();
+  }
+  flush();
+}
+
+}  // namespace winnow::cuda

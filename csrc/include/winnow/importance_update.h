@@ -1,0 +1,199 @@
+#pragma once
+// importance_update: per-element math of the fused importance accumulation (AdaLoRA and ID3
+// modes) and of the on-demand score, shared by csrc/cpu/importance_update.cpp and
+// csrc/cuda/importance_update.cu; plus the host-side validation both backends call.
+#include <type_traits>
+
+#include "winnow/macros.h"
+#include "winnow/numeric.h"
+
+namespace winnow::importance {
+
+// ---- AdaLoRA: I = |p g|; Ibar = b1 Ibar + (1-b1) I; Ubar = b2 Ubar + (1-b2) |I - Ibar_new| ----
+// The (1 - b) factors are computed once in double on the host and rounded to acc_t, the same
+// rounding peft's `beta * t + (1 - beta) * u` gets from PyTorch's scalar handling.
+template <typename acc_t>
+struct AdaloraCoeffs {
+  acc_t beta1, one_minus_beta1, beta2, one_minus_beta2;
+};
+
+template <typename acc_t>
+inline AdaloraCoeffs<acc_t> adalora_coeffs(double beta1, double beta2) {
+  return {acc_t(beta1), acc_t(1.0 - beta1), acc_t(beta2), acc_t(1.0 - beta2)};
+}
+
+// Returns false, leaving both statistics untouched, when |p g| is not finite.
+// Written branch-free (selects) so the CPU loop vectorises.
+template <typename acc_t>
+WINNOW_HD bool adalora_update(acc_t p, acc_t g, acc_t& ibar, acc_t& ubar, const AdaloraCoeffs<acc_t>& c) {
+  const acc_t ipt = abs_value(p * g);
+  const bool ok = is_finite(ipt);
+  const acc_t new_ibar = c.beta1 * ibar + c.one_minus_beta1 * ipt;
+  const acc_t new_ubar = c.beta2 * ubar + c.one_minus_beta2 * abs_value(ipt - new_ibar);
+  ibar = ok ? new_ibar : ibar;
+  ubar = ok ? new_ubar : ubar;
+  return ok;
+}
+
+// Element score s = Ibar * Ubar (AdaLoRA's "_element_score").
+template <typename acc_t>
+WINNOW_HD acc_t adalora_score(acc_t ibar, acc_t ubar) {
+  return ibar * ubar;
+}
+
+// ---- ID3: H = |g| / (|p| + eps)^exp, optionally smoothed: S = beta S + (1-beta) H ----
+// The exponent is a template parameter for the two common cases (0: README example, 1: the
+// authors' default) so that their loops carry no pow() call.
+enum class Exponent { Zero, One, General };
+
+template <typename acc_t>
+struct Id3Coeffs {
+  acc_t eps, exponent, beta, one_minus_beta;
+};
+
+template <typename acc_t>
+inline Id3Coeffs<acc_t> id3_coeffs(double eps, double exponent, double beta) {
+  return {acc_t(eps), acc_t(exponent), acc_t(beta), acc_t(1.0 - beta)};
+}
+
+template <Exponent E, typename acc_t>
+WINNOW_HD acc_t id3_importance(acc_t p, acc_t g, const Id3Coeffs<acc_t>& c) {
+  if constexpr (E == Exponent::Zero) {
+    return abs_value(g);
+  } else if constexpr (E == Exponent::One) {
+    return abs_value(g) / (abs_value(p) + c.eps);
+  } else {
+    return abs_value(g) / power(abs_value(p) + c.eps, c.exponent);
+  }
+}
+
+// Returns false, leaving the score untouched, when H is not finite. beta = 0 is no smoothing:
+// 0 * S + 1 * H == H exactly because S is always finite.
+template <Exponent E, typename acc_t>
+WINNOW_HD bool id3_update(acc_t p, acc_t g, acc_t& score, const Id3Coeffs<acc_t>& c) {
+  const acc_t h = id3_importance<E>(p, g, c);
+  const bool ok = is_finite(h);
+  const acc_t updated = c.beta * score + c.one_minus_beta * h;
+  score = ok ? updated : score;
+  return ok;
+}
+
+template <typename F>
+inline void dispatch_exponent(double exponent, F&& f) {
+  if (exponent == 0.0) {
+    f(std::integral_constant<Exponent, Exponent::Zero>{});
+  } else if (exponent == 1.0) {
+    f(std::integral_constant<Exponent, Exponent::One>{});
+  } else {
+    f(std::integral_constant<Exponent, Exponent::General>{});
+  }
+}
+
+}  // namespace winnow::importance
+
+// ---- host side: validation shared by both backends ----
+#include <vector>
+
+#include "winnow/checks.h"
+
+namespace winnow::importance {
+
+// Validated inputs of an update: params and grads as contiguous tensors (a non-contiguous
+// input is copied once; statistics, written in place, must already be contiguous).
+struct UpdateInputs {
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> grads;
+};
+
+inline UpdateInputs check_update(const char* op, at::TensorList params, at::TensorList grads,
+                                 at::TensorList stat_a, const char* stat_a_name, at::TensorList stat_b,
+                                 const char* stat_b_name, const at::Tensor& nonfinite) {
+  checks::nonempty(op, "params", params.size());
+  checks::same_length(op, "grads", grads.size(), "params", params.size());
+  checks::same_length(op, stat_a_name, stat_a.size(), "params", params.size());
+  if (stat_b_name != nullptr) {
+    checks::same_length(op, stat_b_name, stat_b.size(), "params", params.size());
+  }
+  UpdateInputs in;
+  const size_t n = params.size();
+  in.params.reserve(n);
+  in.grads.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    checks::float_input(op, "params", i, params[i]);
+    checks::float_input(op, "grads", i, grads[i]);
+    const at::Device device = params[0].device();
+    checks::same_device(op, "params", i, params[i], device);
+    checks::matches(op, "grads", i, grads[i], "params", params[i]);
+    TORCH_CHECK_TYPE(grads[i].scalar_type() == params[i].scalar_type(), op, ": grads[", i, "] has dtype ",
+                     grads[i].scalar_type(), " but params[", i, "] has dtype ", params[i].scalar_type());
+    checks::state_of(op, stat_a_name, i, stat_a[i], "params", params[i]);
+    if (stat_b_name != nullptr) {
+      checks::state_of(op, stat_b_name, i, stat_b[i], "params", params[i]);
+    }
+    in.params.push_back(params[i].contiguous());
+    in.grads.push_back(grads[i].contiguous());
+  }
+  checks::counter(op, "nonfinite", nonfinite, n, params[0].device());
+  return in;
+}
+
+inline UpdateInputs check_adalora(at::TensorList params, at::TensorList grads, at::TensorList exp_avg_ipt,
+                                  at::TensorList exp_avg_unc, double beta1, double beta2,
+                                  const at::Tensor& nonfinite) {
+  const char* op = "importance_update_adalora";
+  checks::beta(op, "beta1", beta1);
+  checks::beta(op, "beta2", beta2);
+  return check_update(op, params, grads, exp_avg_ipt, "exp_avg_ipt", exp_avg_unc, "exp_avg_unc", nonfinite);
+}
+
+// `unmasked` is empty (score everything) or one bool tensor per param, True where the entry is
+// already unmasked and so is neither read nor scored.
+inline UpdateInputs check_id3(at::TensorList params, at::TensorList grads, at::TensorList scores,
+                              at::TensorList unmasked, double eps, double exponent, double beta,
+                              const at::Tensor& nonfinite) {
+  const char* op = "importance_update_id3";
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op, ": eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK_VALUE(std::isfinite(exponent), op, ": exponent must be finite, got ", exponent);
+  checks::beta(op, "beta", beta);
+  UpdateInputs in = check_update(op, params, grads, scores, "scores", {}, nullptr, nonfinite);
+  if (!unmasked.empty()) {
+    checks::same_length(op, "unmasked", unmasked.size(), "params", params.size());
+    for (size_t i = 0; i < unmasked.size(); ++i) {
+      TORCH_CHECK_TYPE(unmasked[i].defined() && unmasked[i].scalar_type() == at::kBool, op, ": unmasked[", i,
+                       "] must be a bool tensor");
+      checks::matches(op, "unmasked", i, unmasked[i], "params", params[i]);
+      TORCH_CHECK_VALUE(unmasked[i].is_contiguous(), op, ": unmasked[", i, "] must be contiguous");
+    }
+  }
+  return in;
+}
+
+// mean_dims[i]: -1 = element scores of tensor i, 0 = their mean over dim 0 (one per column),
+// 1 = their mean over dim 1 (one per row); 0 and 1 need a 2-D tensor.
+inline void check_score(at::TensorList exp_avg_ipt, at::TensorList exp_avg_unc, at::IntArrayRef mean_dims) {
+  const char* op = "importance_score";
+  checks::nonempty(op, "exp_avg_ipt", exp_avg_ipt.size());
+  checks::same_length(op, "exp_avg_unc", exp_avg_unc.size(), "exp_avg_ipt", exp_avg_ipt.size());
+  checks::same_length(op, "mean_dims", mean_dims.size(), "exp_avg_ipt", exp_avg_ipt.size());
+  for (size_t i = 0; i < exp_avg_ipt.size(); ++i) {
+    const at::Tensor& a = exp_avg_ipt[i];
+    TORCH_CHECK_VALUE(a.defined(), op, ": exp_avg_ipt[", i, "] is undefined (None)");
+    TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble, op, ": exp_avg_ipt[", i,
+                     "] must be float32 or float64, got ", a.scalar_type());
+    TORCH_CHECK_VALUE(a.is_contiguous(), op, ": exp_avg_ipt[", i, "] must be contiguous");
+    checks::same_device(op, "exp_avg_ipt", i, a, exp_avg_ipt[0].device());
+    checks::state_of(op, "exp_avg_unc", i, exp_avg_unc[i], "exp_avg_ipt", a);
+    const int64_t d = mean_dims[i];
+    TORCH_CHECK_VALUE(d == -1 || d == 0 || d == 1, op, ": mean_dims[", i, "] must be -1 (none), 0 or 1, got ", d);
+    TORCH_CHECK_VALUE(d == -1 || a.dim() == 2, op, ": mean_dims[", i, "] = ", d,
+                      " needs a 2-D tensor, got shape ", a.sizes());
+  }
+}
+
+// Shape of importance_score's i-th output.
+inline std::vector<int64_t> score_shape(const at::Tensor& t, int64_t mean_dim) {
+  if (mean_dim == -1) return t.sizes().vec();
+  return {t.size(1 - mean_dim)};
+}
+
+}  // namespace winnow::importance

@@ -1,0 +1,136 @@
+"""Typed entry points of winnow's kernels (torch.ops.winnow.*) and their fake kernels.
+
+Validation lives once, in C++ (csrc/include/winnow/checks.h and each op's header), and raises
+ValueError / TypeError naming the argument; this module only checks the Python-level types
+that the dispatcher cannot see, and registers the shape rules torch.compile traces with.
+"""
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["importance_update_adalora", "importance_update_id3", "importance_score"]
+
+
+def _tensor_list(name: str, tensors, allow_empty: bool = False) -> list[Tensor]:
+    if isinstance(tensors, Tensor) or not isinstance(tensors, Iterable):
+        raise TypeError(f"{name} must be a list of tensors, got {type(tensors).__name__}")
+    out = list(tensors)
+    for i, t in enumerate(out):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}")
+    if not out and not allow_empty:
+        raise ValueError(f"{name} is an empty list")
+    return out
+
+
+def _float(name: str, x) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(x).__name__}")
+    return float(x)
+
+
+def _counter(nonfinite) -> Tensor:
+    if not isinstance(nonfinite, Tensor):
+        raise TypeError(f"nonfinite must be an int64 tensor, got {type(nonfinite).__name__}")
+    return nonfinite
+
+
+def importance_update_adalora(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avg_ipt: Sequence[Tensor],
+    exp_avg_unc: Sequence[Tensor],
+    beta1: float,
+    beta2: float,
+    nonfinite: Tensor,
+) -> None:
+    """AdaLoRA sensitivity / uncertainty EMA, in place, for a list of tensors in one call.
+
+    I = |p * g|; exp_avg_ipt = b1 * exp_avg_ipt + (1 - b1) * I;
+    exp_avg_unc = b2 * exp_avg_unc + (1 - b2) * |I - exp_avg_ipt|  (exp_avg_ipt already updated).
+    Elements whose I is not finite keep their statistics; nonfinite[i] (int64, one entry per
+    tensor) is increased by the number of such elements of tensor i. Statistics are float32
+    (float64 for float64 params) and contiguous; params/grads may be any float dtype or layout.
+    """
+    params = _tensor_list("params", params)
+    torch.ops.winnow.importance_update_adalora(
+        params,
+        _tensor_list("grads", grads, allow_empty=True),
+        _tensor_list("exp_avg_ipt", exp_avg_ipt, allow_empty=True),
+        _tensor_list("exp_avg_unc", exp_avg_unc, allow_empty=True),
+        _float("beta1", beta1),
+        _float("beta2", beta2),
+        _counter(nonfinite),
+    )
+
+
+def importance_update_id3(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    scores: Sequence[Tensor],
+    unmasked: Sequence[Tensor] | None = None,
+    *,
+    eps: float = 1e-8,
+    exponent: float = 1.0,
+    beta: float = 0.0,
+    nonfinite: Tensor,
+) -> None:
+    """ID3 importance H = |g| / (|p| + eps) ** exponent, in place into `scores`.
+
+    With beta > 0 the scores are smoothed: scores = beta * scores + (1 - beta) * H. Entries
+    where unmasked[i] is True (already unmasked) are neither read nor written. Non-finite H is
+    skipped and counted in nonfinite, as in importance_update_adalora.
+    """
+    params = _tensor_list("params", params)
+    masks = [] if unmasked is None else _tensor_list("unmasked", unmasked)
+    torch.ops.winnow.importance_update_id3(
+        params,
+        _tensor_list("grads", grads, allow_empty=True),
+        _tensor_list("scores", scores, allow_empty=True),
+        masks,
+        _float("eps", eps),
+        _float("exponent", exponent),
+        _float("beta", beta),
+        _counter(nonfinite),
+    )
+
+
+def importance_score(
+    exp_avg_ipt: Sequence[Tensor], exp_avg_unc: Sequence[Tensor], mean_dims: Sequence[int | None] | None = None
+) -> list[Tensor]:
+    """AdaLoRA element scores s = exp_avg_ipt * exp_avg_unc, for a list of tensors in one call.
+
+    mean_dims[i] = None gives tensor i's element scores; 0 or 1 gives their mean over that dim of
+    a 2-D tensor (peft: lora_B scores are averaged over dim 0, lora_A scores over dim 1).
+    """
+    ipt = _tensor_list("exp_avg_ipt", exp_avg_ipt)
+    dims = [None] * len(ipt) if mean_dims is None else list(mean_dims)
+    for i, d in enumerate(dims):
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int)):
+            raise TypeError(f"mean_dims[{i}] must be None, 0 or 1, got {d!r}")
+    return torch.ops.winnow.importance_score(
+        ipt, _tensor_list("exp_avg_unc", exp_avg_unc, allow_empty=True), [-1 if d is None else d for d in dims]
+    )
+
+
+# ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
+
+
+@torch.library.register_fake("winnow::importance_update_adalora")
+def _importance_update_adalora_fake(params, grads, exp_avg_ipt, exp_avg_unc, beta1, beta2, nonfinite):
+    return None
+
+
+@torch.library.register_fake("winnow::importance_update_id3")
+def _importance_update_id3_fake(params, grads, scores, unmasked, eps, exponent, beta, nonfinite):
+    return None
+
+
+@torch.library.register_fake("winnow::importance_score")
+def _importance_score_fake(exp_avg_ipt, exp_avg_unc, mean_dims):
+    if len(exp_avg_ipt) != len(mean_dims):
+        raise ValueError("importance_score: mean_dims must have one entry per tensor")
+    return [
+        t.new_empty(t.shape if d == -1 else (t.shape[1 - d],)) for t, d in zip(exp_avg_ipt, mean_dims)
+    ]
