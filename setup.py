@@ -58,6 +58,16 @@ def _want_cuda():
     return True, nvcc, f"torch CUDA {torch.version.cuda} and {nvcc}"
 
 
+def _cmake():
+    """CMake of the `cmake` PyPI package when installed (new enough for CUDA 13), else PATH's."""
+    try:
+        import cmake
+
+        return str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+    except ImportError:
+        return shutil.which("cmake") or "cmake"
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -68,10 +78,12 @@ class cmake_build_ext(build_ext):
         with_cuda, nvcc, reason = _want_cuda()
         print(f"winnow: CUDA kernels {'ON' if with_cuda else 'OFF'} ({reason})", flush=True)
         extdir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / ("cuda" if with_cuda else "cpu")
+        # A fixed build folder in the checkout (not setuptools' temp dir) so that a re-install
+        # only recompiles what changed.
+        build_dir = ROOT / "build" / ("cuda" if with_cuda else "cpu")
         build_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            "cmake", str(ROOT), "-G", "Ninja",
+            _cmake(), str(ROOT), "-G", "Ninja",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -85,7 +97,7 @@ class cmake_build_ext(build_ext):
         if shutil.which("ccache"):
             args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache", "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
         subprocess.check_call(args, cwd=build_dir)
-        build = ["cmake", "--build", ".", "--target", "_C"]
+        build = [_cmake(), "--build", ".", "--target", "_C"]
         if os.environ.get("MAX_JOBS"):
             build += ["-j", os.environ["MAX_JOBS"]]
         subprocess.check_call(build, cwd=build_dir)

@@ -115,20 +115,38 @@ def importance_score(
 
 
 # ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
+# They also serve the Meta key, which wins dispatch when one meta tensor hides among real
+# ones: so they check for one device per call, or such a call would silently do nothing.
+
+
+def _one_device(op: str, **lists) -> None:
+    device = None
+    for name, tensors in lists.items():
+        for i, t in enumerate([tensors] if isinstance(tensors, Tensor) else tensors):
+            if device is None:
+                device = t.device
+            elif t.device != device:
+                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but the other tensors are on {device}")
 
 
 @torch.library.register_fake("winnow::importance_update_adalora")
 def _importance_update_adalora_fake(params, grads, exp_avg_ipt, exp_avg_unc, beta1, beta2, nonfinite):
-    return None
+    _one_device(
+        "importance_update_adalora", params=params, grads=grads, exp_avg_ipt=exp_avg_ipt,
+        exp_avg_unc=exp_avg_unc, nonfinite=nonfinite,
+    )
 
 
 @torch.library.register_fake("winnow::importance_update_id3")
 def _importance_update_id3_fake(params, grads, scores, unmasked, eps, exponent, beta, nonfinite):
-    return None
+    _one_device(
+        "importance_update_id3", params=params, grads=grads, scores=scores, unmasked=unmasked, nonfinite=nonfinite
+    )
 
 
 @torch.library.register_fake("winnow::importance_score")
 def _importance_score_fake(exp_avg_ipt, exp_avg_unc, mean_dims):
+    _one_device("importance_score", exp_avg_ipt=exp_avg_ipt, exp_avg_unc=exp_avg_unc)
     if len(exp_avg_ipt) != len(mean_dims):
         raise ValueError("importance_score: mean_dims must have one entry per tensor")
     return [
