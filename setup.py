@@ -85,7 +85,7 @@ class cmake_build_ext(build_ext):
         args = [
             _cmake(), str(ROOT), "-G", "Ninja",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir / 'lib'}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DWINNOW_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
@@ -101,6 +101,9 @@ class cmake_build_ext(build_ext):
         if os.environ.get("MAX_JOBS"):
             build += ["-j", os.environ["MAX_JOBS"]]
         subprocess.check_call(build, cwd=build_dir)
+        built = Path(self.get_ext_filename(ext.name)).name
+        extdir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build_dir / "lib" / built, extdir / built)
 
 
 setup(

@@ -14,7 +14,7 @@ namespace {
 // Plain loops over raw pointers: with the branch-free math GCC vectorises them. The counter is
 // 32-bit (a chunk has at most 2^15 elements) so its lanes match the float lanes.
 template <typename scalar_t, typename acc_t>
-int64_t adalora_range(const scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict ibar,
+WINNOW_CPU_CLONES int64_t adalora_range(const scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict ibar,
                       acc_t* __restrict ubar, int64_t n, const AdaloraCoeffs<acc_t> c) {
   int32_t skipped = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -27,7 +27,7 @@ int64_t adalora_range(const scalar_t* __restrict p, const scalar_t* __restrict g
 }
 
 template <Exponent E, typename scalar_t, typename acc_t>
-int64_t id3_range(const scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict score,
+WINNOW_CPU_CLONES int64_t id3_range(const scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict score,
                   const bool* __restrict unmasked, int64_t n, const Id3Coeffs<acc_t> c) {
   int32_t skipped = 0;
   if (unmasked == nullptr) {

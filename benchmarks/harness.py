@@ -1,0 +1,97 @@
+"""Shared benchmark machinery: timing, the machine's copy bandwidth, tables and JSON results.
+
+Contenders are always timed side by side in one process, interleaved round by round, so that
+the noise of a shared machine hits all of them alike; ratios come from the same run.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
+                     rounds: int = 15) -> dict[str, list[float]]:
+    """Seconds per call of each fn, one sample per round; each round calls every fn once, in turn."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def paired_speedup(baseline: list[float], contender: list[float]) -> float:
+    """Median over rounds of baseline/contender: both were timed in the same round, so a slow
+    phase of a shared machine cancels out of each ratio."""
+    return statistics.median(b / c for b, c in zip(baseline, contender))
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 512 << 20, rounds: int = 15) -> float:
+    """The machine's achievable bandwidth in GB/s: bytes read + written by a large tensor copy."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = median(time_interleaved({"copy": lambda: dst.copy_(src)}, device, warmup=2, rounds=rounds)["copy"])
+    return 2 * nbytes / t / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    import winnow
+
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "winnow_build": winnow.build_info(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), sep] + [line(r) for r in cells])
+
+
+def write_result(name: str, device: torch.device, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    tag = "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+    path = RESULTS_DIR / f"{name}-{tag}.json"
+    path.write_text(json.dumps({"benchmark": name, "environment": environment(device), **payload}, indent=2))
+    return path
