@@ -1,0 +1,52 @@
+SHELL := /bin/bash
+# Two commands set up a fresh machine and do everything else themselves:
+#   make demo   the main job (today: the importance-accumulation benchmark)
+#   make test   the test suite
+# Both create .venv, install torch (the CUDA 13.0 build, so the CUDA kernels compile even
+# without a GPU), build winnow and install what they need. Re-running rebuilds only what changed.
+
+VENV    ?= .venv
+PYTHON  := $(VENV)/bin/python
+PIP     := $(PYTHON) -m pip
+TORCH   ?= torch==2.14.1
+# nvcc on PATH may live in /usr/local/bin, which torch mistakes for the toolkit root.
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
+export CUDA_HOME
+
+BUILD_INPUTS := $(shell find csrc cmake -type f) CMakeLists.txt setup.py pyproject.toml
+
+.PHONY: all demo test build bench clean distclean
+
+all: test
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# Build tools and torch first: winnow is built with --no-build-isolation against this torch.
+$(VENV)/.tools: $(PYTHON)
+	$(PIP) install --upgrade "pip>=23" setuptools wheel
+	$(PIP) install "$(TORCH)" numpy cmake ninja pybind11
+	touch $@
+
+# -v so that the log shows each source (and each .cu) being compiled.
+$(VENV)/.winnow: $(VENV)/.tools $(BUILD_INPUTS)
+	$(PIP) install -v --no-build-isolation -e ".[test]" 2>&1 | grep -E "winnow:|Building|Linking|error|Error|warning:|Successfully" ; test $${PIPESTATUS[0]} -eq 0
+	$(PYTHON) -c "import winnow; print(winnow.build_info())"
+	touch $@
+
+build: $(VENV)/.winnow
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+demo: build
+	$(PYTHON) -m benchmarks run importance
+
+bench: build
+	$(PYTHON) -m benchmarks run all
+
+clean:
+	rm -rf build python/winnow/_C*.so $(VENV)/.winnow
+
+distclean: clean
+	rm -rf $(VENV)
