@@ -3,7 +3,6 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "multi_tensor.h"
@@ -96,10 +95,7 @@ void importance_update_id3_cpu(at::TensorList params, at::TensorList grads, at::
 std::vector<at::Tensor> importance_score_cpu(at::TensorList exp_avg_ipt, at::TensorList exp_avg_unc,
                                              at::IntArrayRef mean_dims) {
   check_score(exp_avg_ipt, exp_avg_unc, mean_dims);
-  std::vector<at::Tensor> out;
-  for (size_t i = 0; i < exp_avg_ipt.size(); ++i) {
-    out.push_back(at::empty(score_shape(exp_avg_ipt[i], mean_dims[i]), exp_avg_ipt[i].options()));
-  }
+  std::vector<at::Tensor> out = score_outputs(exp_avg_ipt, mean_dims);
   at::parallel_for(0, static_cast<int64_t>(out.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       AT_DISPATCH_FLOATING_TYPES(exp_avg_ipt[i].scalar_type(), "importance_score", [&] {

@@ -67,15 +67,21 @@ __global__ void __launch_bounds__(cuda::kBlockThreads)
   cuda::add_skipped(static_cast<int64_t*>(meta.ptr[4][t]), skipped);
 }
 
-// Runs launch_one(dtype, indices) once per parameter dtype present in the list.
-template <typename F>
-void per_dtype(const std::vector<at::Tensor>& params, F&& launch_one) {
+inline void* ptr(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
+
+// Groups the tensors by parameter dtype (one kernel instantiation each) and hands every group
+// to launch(dtype, ptrs, numels), with slots(i) the N kernel pointers of tensor i.
+template <int N, typename Slots, typename Launch>
+void per_dtype(const std::vector<at::Tensor>& params, Slots&& slots, Launch&& launch) {
   for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
-    std::vector<size_t> idx;
+    std::vector<std::array<void*, N>> ptrs;
+    std::vector<int64_t> numels;
     for (size_t i = 0; i < params.size(); ++i) {
-      if (params[i].scalar_type() == dtype) idx.push_back(i);
+      if (params[i].scalar_type() != dtype) continue;
+      ptrs.push_back(slots(i));
+      numels.push_back(params[i].numel());
     }
-    if (!idx.empty()) launch_one(dtype, idx);
+    if (!ptrs.empty()) launch(dtype, ptrs, numels);
   }
 }
 
@@ -85,17 +91,13 @@ void importance_update_adalora_cuda(at::TensorList params, at::TensorList grads,
   const UpdateInputs in = check_adalora(params, grads, exp_avg_ipt, exp_avg_unc, beta1, beta2, nonfinite);
   const c10::cuda::CUDAGuard guard(in.params[0].device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  per_dtype(in.params, [&](at::ScalarType dtype, const std::vector<size_t>& idx) {
+  auto slots = [&](size_t i) -> std::array<void*, 5> {
+    return {ptr(in.params[i]), ptr(in.grads[i]), ptr(exp_avg_ipt[i]), ptr(exp_avg_unc[i]),
+            nonfinite.data_ptr<int64_t>() + i};
+  };
+  per_dtype<5>(in.params, slots, [&](at::ScalarType dtype, const auto& ptrs, const auto& numels) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "importance_update_adalora", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      std::vector<std::array<void*, 5>> ptrs;
-      std::vector<int64_t> numels;
-      for (size_t i : idx) {
-        ptrs.push_back({const_cast<void*>(in.params[i].const_data_ptr()), const_cast<void*>(in.grads[i].const_data_ptr()),
-                        exp_avg_ipt[i].data_ptr(), exp_avg_unc[i].data_ptr(),
-                        nonfinite.data_ptr<int64_t>() + i});
-        numels.push_back(in.params[i].numel());
-      }
       const int s = sizeof(scalar_t), a = sizeof(acc_t);
       const auto coeffs = adalora_coeffs<acc_t>(beta1, beta2);
       cuda::launch_over<5>(ptrs, numels, {s, s, a, a, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
@@ -112,17 +114,13 @@ void importance_update_id3_cuda(at::TensorList params, at::TensorList grads, at:
   const UpdateInputs in = check_id3(params, grads, scores, unmasked, eps, exponent, beta, nonfinite);
   const c10::cuda::CUDAGuard guard(in.params[0].device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  per_dtype(in.params, [&](at::ScalarType dtype, const std::vector<size_t>& idx) {
+  auto slots = [&](size_t i) -> std::array<void*, 5> {
+    return {ptr(in.params[i]), ptr(in.grads[i]), ptr(scores[i]), unmasked.empty() ? nullptr : ptr(unmasked[i]),
+            nonfinite.data_ptr<int64_t>() + i};
+  };
+  per_dtype<5>(in.params, slots, [&](at::ScalarType dtype, const auto& ptrs, const auto& numels) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "importance_update_id3", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      std::vector<std::array<void*, 5>> ptrs;
-      std::vector<int64_t> numels;
-      for (size_t i : idx) {
-        void* mask = unmasked.empty() ? nullptr : const_cast<void*>(unmasked[i].const_data_ptr());
-        ptrs.push_back({const_cast<void*>(in.params[i].const_data_ptr()), const_cast<void*>(in.grads[i].const_data_ptr()),
-                        scores[i].data_ptr(), mask, nonfinite.data_ptr<int64_t>() + i});
-        numels.push_back(in.params[i].numel());
-      }
       const int s = sizeof(scalar_t), a = sizeof(acc_t);
       const auto coeffs = id3_coeffs<acc_t>(eps, exponent, beta);
       dispatch_exponent(exponent, [&](auto kind) {
@@ -197,12 +195,13 @@ std::vector<at::Tensor> importance_score_cuda(at::TensorList exp_avg_ipt, at::Te
   check_score(exp_avg_ipt, exp_avg_unc, mean_dims);
   const c10::cuda::CUDAGuard guard(exp_avg_ipt[0].device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  std::vector<at::Tensor> out;
-  for (size_t i = 0; i < exp_avg_ipt.size(); ++i) {
-    out.push_back(at::empty(score_shape(exp_avg_ipt[i], mean_dims[i]), exp_avg_ipt[i].options()));
-  }
-  per_dtype(std::vector<at::Tensor>(exp_avg_ipt.begin(), exp_avg_ipt.end()),
-            [&](at::ScalarType dtype, const std::vector<size_t>& idx) {
+  std::vector<at::Tensor> out = score_outputs(exp_avg_ipt, mean_dims);
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < exp_avg_ipt.size(); ++i) {
+      if (exp_avg_ipt[i].scalar_type() == dtype) idx.push_back(i);
+    }
+    if (idx.empty()) continue;
     AT_DISPATCH_FLOATING_TYPES(dtype, "importance_score", [&] {
       std::vector<std::array<void*, 3>> ptrs;
       std::vector<int64_t> numels;
@@ -219,8 +218,7 @@ std::vector<at::Tensor> importance_score_cuda(at::TensorList exp_avg_ipt, at::Te
       for (size_t i : idx) {
         const auto& a = exp_avg_ipt[i];
         if (mean_dims[i] == -1) {
-          ptrs.push_back({const_cast<void*>(a.const_data_ptr()), const_cast<void*>(exp_avg_unc[i].const_data_ptr()),
-                          out[i].data_ptr()});
+          ptrs.push_back({ptr(a), ptr(exp_avg_unc[i]), out[i].data_ptr()});
           numels.push_back(a.numel());
           continue;
         }
@@ -245,7 +243,7 @@ std::vector<at::Tensor> importance_score_cuda(at::TensorList exp_avg_ipt, at::Te
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-  });
+  }
   return out;
 }
 

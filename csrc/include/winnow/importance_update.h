@@ -94,6 +94,8 @@ inline void dispatch_exponent(double exponent, F&& f) {
 // ---- host side: validation shared by both backends ----
 #include <vector>
 
+#include <ATen/ops/empty.h>
+
 #include "winnow/checks.h"
 
 namespace winnow::importance {
@@ -190,10 +192,15 @@ inline void check_score(at::TensorList exp_avg_ipt, at::TensorList exp_avg_unc, 
   }
 }
 
-// Shape of importance_score's i-th output.
-inline std::vector<int64_t> score_shape(const at::Tensor& t, int64_t mean_dim) {
-  if (mean_dim == -1) return t.sizes().vec();
-  return {t.size(1 - mean_dim)};
+// importance_score's outputs: element scores keep the shape, a mean drops the averaged dim.
+inline std::vector<at::Tensor> score_outputs(at::TensorList exp_avg_ipt, at::IntArrayRef mean_dims) {
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < exp_avg_ipt.size(); ++i) {
+    const at::Tensor& t = exp_avg_ipt[i];
+    const std::vector<int64_t> shape = mean_dims[i] == -1 ? t.sizes().vec() : std::vector<int64_t>{t.size(1 - mean_dims[i])};
+    out.push_back(at::empty(shape, t.options()));
+  }
+  return out;
 }
 
 }  // namespace winnow::importance
