@@ -18,6 +18,12 @@ TORCH_LIBRARY(winnow, m) {
       "importance_update_id3(Tensor[] params, Tensor[] grads, Tensor(a!)[] scores, Tensor[] unmasked, "
       "float eps, float exponent, float beta, Tensor(b!) nonfinite) -> ()");
   m.def("importance_score(Tensor[] exp_avg_ipt, Tensor[] exp_avg_unc, int[] mean_dims) -> Tensor[]");
+  // masked_adamw_step (csrc/include/winnow/masked_adamw_step.h)
+  m.def(
+      "masked_adamw_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor[] active_blocks, Tensor(e!)[] block_steps, int[] block_sizes, "
+      "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 namespace py = pybind11;

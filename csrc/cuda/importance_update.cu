@@ -100,7 +100,7 @@ void importance_update_adalora_cuda(at::TensorList params, at::TensorList grads,
       using acc_t = at::opmath_type<scalar_t>;
       const int s = sizeof(scalar_t), a = sizeof(acc_t);
       const auto coeffs = adalora_coeffs<acc_t>(beta1, beta2);
-      cuda::launch_over<5>(ptrs, numels, {s, s, a, a, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
+      cuda::launch_over<TensorListMeta<5>>(ptrs, numels, {s, s, a, a, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
         adalora_kernel<scalar_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta, coeffs);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -124,7 +124,7 @@ void importance_update_id3_cuda(at::TensorList params, at::TensorList grads, at:
       const int s = sizeof(scalar_t), a = sizeof(acc_t);
       const auto coeffs = id3_coeffs<acc_t>(eps, exponent, beta);
       dispatch_exponent(exponent, [&](auto kind) {
-        cuda::launch_over<5>(ptrs, numels, {s, s, a, 1, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
+        cuda::launch_over<TensorListMeta<5>>(ptrs, numels, {s, s, a, 1, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
           id3_kernel<decltype(kind)::value, scalar_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta, coeffs);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
@@ -238,7 +238,7 @@ std::vector<at::Tensor> importance_score_cuda(at::TensorList exp_avg_ipt, at::Te
       }
       flush_mean();
       const int a = sizeof(scalar_t);
-      cuda::launch_over<3>(ptrs, numels, {a, a, a}, [&](const TensorListMeta<3>& meta, int64_t blocks) {
+      cuda::launch_over<TensorListMeta<3>>(ptrs, numels, {a, a, a}, [&](const TensorListMeta<3>& meta, int64_t blocks) {
         score_kernel<scalar_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

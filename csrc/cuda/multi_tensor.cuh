@@ -17,20 +17,23 @@ constexpr int64_t kChunkElements = 1 << 16;
 constexpr int kVec = 4;  // elements per vector access (16 B of float32)
 constexpr int kMaxTensorsPerLaunch = 48;
 
-// N pointer slots per tensor; kept well under the 4 KB kernel-parameter limit.
-template <int N>
+// N pointer slots and kAux integers per tensor (their meaning is the kernel's: e.g. a block
+// size). MaxT tensors per launch keeps the struct under the 4 KB kernel-parameter limit.
+template <int N, int kAux = 0, int MaxT = kMaxTensorsPerLaunch>
 struct TensorListMeta {
-  void* ptr[N][kMaxTensorsPerLaunch];
-  int64_t numel[kMaxTensorsPerLaunch];
-  int64_t first_block[kMaxTensorsPerLaunch + 1];
-  bool aligned[kMaxTensorsPerLaunch];  // every pointer aligned for kVec-wide accesses
+  static constexpr int kMaxTensors = MaxT;
+  void* ptr[N][MaxT];
+  int64_t aux[kAux > 0 ? kAux : 1][MaxT];
+  int64_t numel[MaxT];  // elements of work in each tensor
+  int64_t first_block[MaxT + 1];
+  bool aligned[MaxT];  // every pointer aligned for kVec-wide accesses
   int num_tensors;
 };
 static_assert(sizeof(TensorListMeta<5>) < 4000, "kernel argument too large");
 
 // The tensor a block works on: the last one whose first block is <= blockIdx.x.
-template <int N>
-__device__ __forceinline__ int tensor_of_block(const TensorListMeta<N>& meta, int64_t block) {
+template <typename Meta>
+__device__ __forceinline__ int tensor_of_block(const Meta& meta, int64_t block) {
   int lo = 0, hi = meta.num_tensors - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -56,8 +59,8 @@ __device__ __forceinline__ void store(T* p, const Vec<T, W>& v) {
 
 // Calls body(width, i) over this block's chunk: width = kVec on aligned tensors for all full
 // groups, width = 1 for the rest. body processes elements [i, i + width).
-template <int N, typename Body>
-__device__ __forceinline__ void for_chunk(const TensorListMeta<N>& meta, int t, Body&& body) {
+template <typename Meta, typename Body>
+__device__ __forceinline__ void for_chunk(const Meta& meta, int t, Body&& body) {
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) - meta.first_block[t]) * kChunkElements;
   const int64_t end = begin + kChunkElements < meta.numel[t] ? begin + kChunkElements : meta.numel[t];
   const int64_t vec_end = meta.aligned[t] ? begin + (end - begin) / kVec * kVec : begin;
@@ -77,36 +80,38 @@ __device__ __forceinline__ void add_skipped(int64_t* counter, int skipped) {
   }
 }
 
-// Host side: fills TensorListMeta for consecutive groups of tensors and calls
+// Host side: fills a TensorListMeta for consecutive groups of tensors and calls
 // launch(meta, num_blocks) for each. elem_bytes[k] is the element size of pointer slot k
-// (0 for a slot that may be null, e.g. an optional mask).
-template <int N, typename Launch>
+// (0 for a slot that may be null, e.g. an optional mask); aux[t] the integers of tensor t.
+template <typename Meta, size_t N, typename Launch>
 void launch_over(const std::vector<std::array<void*, N>>& ptrs, const std::vector<int64_t>& numels,
-                 const std::array<int, N>& elem_bytes, Launch&& launch) {
-  TensorListMeta<N> meta{};
+                 const std::array<int, N>& elem_bytes, Launch&& launch,
+                 const std::vector<std::vector<int64_t>>& aux = {}) {
+  Meta meta{};
   int64_t blocks = 0;
   auto flush = [&] {
     if (meta.num_tensors == 0) return;
     meta.first_block[meta.num_tensors] = blocks;
     launch(meta, blocks);
-    meta = TensorListMeta<N>{};
+    meta = Meta{};
     blocks = 0;
   };
   for (size_t t = 0; t < ptrs.size(); ++t) {
     if (numels[t] == 0) continue;
     const int slot = meta.num_tensors;
     bool aligned = true;
-    for (int k = 0; k < N; ++k) {
+    for (size_t k = 0; k < N; ++k) {
       meta.ptr[k][slot] = ptrs[t][k];
       const auto addr = reinterpret_cast<uintptr_t>(ptrs[t][k]);
       if (ptrs[t][k] != nullptr && elem_bytes[k] > 0) aligned = aligned && addr % (elem_bytes[k] * kVec) == 0;
     }
     meta.aligned[slot] = aligned;
     meta.numel[slot] = numels[t];
+    for (size_t k = 0; k < aux.size(); ++k) meta.aux[k][slot] = aux[k][t];
     meta.first_block[slot] = blocks;
     blocks += (numels[t] + kChunkElements - 1) / kChunkElements;
     meta.num_tensors++;
-    if (meta.num_tensors == kMaxTensorsPerLaunch) flush();
+    if (meta.num_tensors == Meta::kMaxTensors) flush();
   }
   flush();
 }

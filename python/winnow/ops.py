@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["importance_update_adalora", "importance_update_id3", "importance_score"]
+__all__ = ["importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step"]
 
 
 def _tensor_list(name: str, tensors, allow_empty: bool = False) -> list[Tensor]:
@@ -114,6 +114,65 @@ def importance_score(
     )
 
 
+def masked_adamw_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor],
+    active_blocks: Sequence[Tensor],
+    block_steps: Sequence[Tensor],
+    block_sizes: Sequence[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """One AdamW step (decoupled weight decay) on the active blocks of each parameter, in place.
+
+    Parameter i is cut into blocks of block_sizes[i] elements; only the blocks listed in
+    active_blocks[i] (int64) are read, updated and decayed, every other element is left
+    bit-identical. The state is compact: exp_avgs[i] / exp_avg_sqs[i] (/ max_exp_avg_sqs[i] with
+    amsgrad, else pass []) hold active_blocks[i].numel() * block_sizes[i] values, slot j for
+    block active_blocks[i][j]; block_steps[i] (int32) is each block's own step count, raised by
+    one here. grad_scale / found_inf (float32, one element) work like torch's fused AdamW:
+    gradients are divided by grad_scale, and nothing at all happens when found_inf != 0.
+    """
+    params = _tensor_list("params", params)
+    sizes = list(block_sizes)
+    for i, b in enumerate(sizes):
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"block_sizes[{i}] must be an int, got {type(b).__name__}")
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a float32 tensor or None, got {type(t).__name__}")
+    torch.ops.winnow.masked_adamw_step(
+        params,
+        _tensor_list("grads", grads, allow_empty=True),
+        _tensor_list("exp_avgs", exp_avgs, allow_empty=True),
+        _tensor_list("exp_avg_sqs", exp_avg_sqs, allow_empty=True),
+        _tensor_list("max_exp_avg_sqs", max_exp_avg_sqs, allow_empty=True),
+        _tensor_list("active_blocks", active_blocks, allow_empty=True),
+        _tensor_list("block_steps", block_steps, allow_empty=True),
+        sizes,
+        _float("lr", lr),
+        _float("beta1", beta1),
+        _float("beta2", beta2),
+        _float("weight_decay", weight_decay),
+        _float("eps", eps),
+        bool(amsgrad),
+        bool(maximize),
+        grad_scale,
+        found_inf,
+    )
+
+
 # ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
 # They also serve the Meta key, which wins dispatch when one meta tensor hides among real
 # ones: so they check for one device per call, or such a call would silently do nothing.
@@ -152,3 +211,13 @@ def _importance_score_fake(exp_avg_ipt, exp_avg_unc, mean_dims):
     return [
         t.new_empty(t.shape if d == -1 else (t.shape[1 - d],)) for t, d in zip(exp_avg_ipt, mean_dims)
     ]
+
+
+@torch.library.register_fake("winnow::masked_adamw_step")
+def _masked_adamw_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, active_blocks, block_steps,
+                            block_sizes, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, grad_scale=None,
+                            found_inf=None):
+    _one_device(
+        "masked_adamw_step", params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+        max_exp_avg_sqs=max_exp_avg_sqs, active_blocks=active_blocks, block_steps=block_steps,
+    )

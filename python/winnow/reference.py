@@ -48,3 +48,52 @@ def importance_score(exp_avg_ipt, exp_avg_unc, mean_dims=None) -> list[Tensor]:
         s = a * u
         out.append(s if d is None else s.to(torch.float64).mean(dim=d).to(a.dtype))
     return out
+
+
+def masked_adamw_step(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, active_blocks, block_steps, block_sizes, *,
+    lr, beta1, beta2, weight_decay, eps, amsgrad=False, maximize=False, grad_scale=None, found_inf=None,
+) -> None:
+    """Dense-gather AdamW on the active blocks, written like torch.optim.AdamW's single-tensor
+    path (same operation order), per block with its own bias correction."""
+    if found_inf is not None and found_inf.item() != 0:
+        return
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            bs = block_sizes[i]
+            acc = _stat_dtype(p)
+            blocks = active_blocks[i]
+            block_steps[i] += 1
+            nblocks = blocks.numel()
+            if nblocks == 0:
+                continue
+            # element index of every compact slot; slots past the end of a partial block are padding
+            idx = (blocks[:, None] * bs + torch.arange(bs, device=p.device)[None, :]).reshape(-1)
+            valid = idx < p.numel()
+            idx = idx[valid]
+            flat_p = p.view(-1)
+            pv = flat_p[idx].to(acc)
+            g = grads[i].reshape(-1)[idx].to(acc)
+            if grad_scale is not None:
+                g = g / grad_scale.to(acc)
+            if maximize:
+                g = -g
+            m = exp_avgs[i][valid]
+            v = exp_avg_sqs[i][valid]
+            steps = block_steps[i].to(torch.float64).repeat_interleave(bs)[valid]
+            bc1 = 1 - beta1 ** steps
+            bc2_sqrt = (1 - beta2 ** steps).sqrt()
+            neg_step_size = (-(lr / bc1)).to(acc)
+            pv = pv * (1 - lr * weight_decay)
+            m = torch.lerp(m, g, 1 - beta1)
+            v = v * beta2 + (1 - beta2) * g * g
+            second = v
+            if amsgrad:
+                vmax = torch.maximum(max_exp_avg_sqs[i][valid], v)
+                max_exp_avg_sqs[i][valid] = vmax
+                second = vmax
+            denom = second.sqrt() / bc2_sqrt.to(acc) + eps
+            pv = pv + neg_step_size * m / denom
+            exp_avgs[i][valid] = m
+            exp_avg_sqs[i][valid] = v
+            flat_p[idx] = pv.to(p.dtype)

@@ -1,0 +1,334 @@
+"""MaskedAdamW: AdamW that reads, updates and decays only the active blocks of each parameter."""
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from winnow import ops
+
+STATE_POLICIES = ("keep", "drop", "offload")
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _stat_dtype(p: Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+class MaskedAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay) over block-sparse masks, on the fused `masked_adamw_step`.
+
+    Every parameter is cut into blocks of `block_size` elements (`block_size="tensor"`: one
+    block per tensor, for switching whole layers). Only active blocks are read, updated and
+    decayed; an inactive element stays bit-identical. The optimizer state is compact — stored for
+    active blocks only, with a step count per block, so a block activated late gets its own bias
+    correction — and so its memory is proportional to the active fraction (`state_bytes()`).
+
+    A parameter starts fully active: with no masks this is torch.optim.AdamW. Masks change with
+    `set_mask(param, block_mask)`, `activate(param, blocks)` and `deactivate(param, blocks=None)`.
+    What happens to the state of blocks that go inactive is `state_policy`: "keep" (kept on the
+    device and resumed on reactivation), "drop" (freed; a reactivated block starts afresh) or
+    "offload" (moved to CPU memory, brought back on reactivation). A parameter whose grad is None
+    is skipped entirely. Works with torch.amp.GradScaler (grad_scale / found_inf, no host sync).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        block_size: int | str = 64,
+        state_policy: str = "keep",
+    ):
+        if isinstance(lr, Tensor):
+            lr = float(lr)
+        if not (isinstance(lr, (int, float)) and lr >= 0):
+            raise ValueError(f"Invalid learning rate: {lr!r} (lr must be >= 0)")
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"Invalid epsilon value: {eps!r} (eps must be >= 0)")
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Invalid betas: {betas!r} (each must be in [0, 1))")
+        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+            raise ValueError(f"Invalid weight_decay value: {weight_decay!r} (must be >= 0)")
+        self._check_block_size(block_size)
+        if state_policy not in STATE_POLICIES:
+            raise ValueError(f"state_policy must be one of {STATE_POLICIES}, got {state_policy!r}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad),
+                        maximize=bool(maximize), block_size=block_size, state_policy=state_policy)
+        super().__init__(params, defaults)
+        self._step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf
+
+    @staticmethod
+    def _check_block_size(block_size) -> None:
+        if block_size == "tensor":
+            return
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"block_size must be a positive int or 'tensor', got {block_size!r}")
+
+    def add_param_group(self, param_group: dict) -> None:
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer params must be tensors, got {type(p).__name__} at position {i}")
+            if p.is_complex():
+                raise TypeError("MaskedAdamW does not support complex parameters (view them as real first)")
+            if not p.is_floating_point():
+                raise TypeError(f"MaskedAdamW needs floating-point parameters, got {p.dtype}")
+            if not p.is_contiguous():
+                raise ValueError("MaskedAdamW needs contiguous parameters (they are updated in place)")
+        if "block_size" in param_group:
+            self._check_block_size(param_group["block_size"])
+        if param_group.get("state_policy", "keep") not in STATE_POLICIES:
+            raise ValueError(f"state_policy must be one of {STATE_POLICIES}, got {param_group['state_policy']!r}")
+        super().add_param_group(param_group)
+
+    # ---- block bookkeeping ----
+
+    def _group_of(self, param: Tensor) -> dict:
+        for group in self.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        raise ValueError("param is not managed by this optimizer")
+
+    def block_size_of(self, param: Tensor) -> int:
+        """Elements per block of `param` (its numel for block_size='tensor')."""
+        bs = self._group_of(param)["block_size"]
+        return max(1, param.numel()) if bs == "tensor" else bs
+
+    def num_blocks(self, param: Tensor) -> int:
+        bs = self.block_size_of(param)
+        return (param.numel() + bs - 1) // bs
+
+    def _state(self, param: Tensor) -> dict:
+        """The parameter's state, created fully active (zeros, step 0) on first use."""
+        state = self.state[param]
+        if "active_blocks" not in state:
+            group = self._group_of(param)
+            bs, nb = self.block_size_of(param), self.num_blocks(param)
+            state["block_size"] = bs
+            state["active_blocks"] = torch.arange(nb, dtype=torch.int64, device=param.device)
+            state["block_step"] = torch.zeros(nb, dtype=torch.int32, device=param.device)
+            for key in self._keys(group):
+                state[key] = torch.zeros(nb * bs, dtype=_stat_dtype(param), device=param.device)
+        return state
+
+    @staticmethod
+    def _keys(group: dict) -> tuple[str, ...]:
+        return _STATE_KEYS if group["amsgrad"] else _STATE_KEYS[:2]
+
+    def _as_blocks(self, param: Tensor, blocks) -> Tensor:
+        """Sorted unique int64 block indices from indices or a bool block mask; validated."""
+        nb = self.num_blocks(param)
+        blocks = torch.as_tensor(blocks, device=param.device)
+        if blocks.dtype == torch.bool:
+            if blocks.shape != (nb,):
+                raise ValueError(f"block mask must have shape ({nb},) for this parameter, got {tuple(blocks.shape)}")
+            return blocks.nonzero().view(-1)
+        if blocks.is_floating_point() or blocks.is_complex():
+            raise TypeError(f"blocks must be integer indices or a bool mask, got {blocks.dtype}")
+        blocks = blocks.to(torch.int64).view(-1)
+        if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nb):
+            raise ValueError(f"block indices must be in [0, {nb}) for this parameter")
+        return torch.unique(blocks)
+
+    def active_blocks(self, param: Tensor) -> Tensor:
+        """Sorted indices of the active blocks of `param`."""
+        return self._state(param)["active_blocks"].clone()
+
+    def block_mask(self, param: Tensor) -> Tensor:
+        """Bool mask over the blocks of `param`: True where active."""
+        mask = torch.zeros(self.num_blocks(param), dtype=torch.bool, device=param.device)
+        mask[self._state(param)["active_blocks"]] = True
+        return mask
+
+    def set_mask(self, param: Tensor, block_mask) -> None:
+        """Make exactly the blocks of `block_mask` (bool per block, or indices) active."""
+        if isinstance(block_mask, Tensor) and block_mask.dtype == torch.bool and block_mask.device != param.device:
+            raise ValueError(f"block_mask is on {block_mask.device} but the parameter is on {param.device}")
+        self._rebuild(param, self._as_blocks(param, block_mask))
+
+    def activate(self, param: Tensor, blocks=None) -> None:
+        """Add blocks (indices or bool mask; None = all) to the active set."""
+        if blocks is None:
+            new = torch.arange(self.num_blocks(param), dtype=torch.int64, device=param.device)
+        else:
+            new = torch.cat([self._state(param)["active_blocks"], self._as_blocks(param, blocks)])
+        self._rebuild(param, torch.unique(new))
+
+    def deactivate(self, param: Tensor, blocks=None) -> None:
+        """Remove blocks (indices or bool mask; None = the whole tensor) from the active set."""
+        state = self._state(param)
+        if blocks is None:
+            keep = state["active_blocks"][:0]
+        else:
+            gone = self._as_blocks(param, blocks)
+            keep = state["active_blocks"][~torch.isin(state["active_blocks"], gone)]
+        self._rebuild(param, keep)
+
+    def _rebuild(self, param: Tensor, new_blocks: Tensor) -> None:
+        """Re-lay the compact state for the sorted block list `new_blocks`: kept blocks keep their
+        state; blocks that leave are parked (keep / offload) or dropped; blocks that arrive take
+        their parked state, or start at zero with step 0."""
+        state, group = self._state(param), self._group_of(param)
+        bs, keys = state["block_size"], self._keys(group)
+        policy = group["state_policy"]
+        old = state["active_blocks"]
+        sources = [(old, {k: state[k].view(-1, bs) for k in keys}, state["block_step"])]
+        if "parked_blocks" in state:
+            dev = param.device
+            sources.append((state["parked_blocks"].to(dev),
+                            {k: state["parked_" + k].to(dev).view(-1, bs) for k in keys},
+                            state["parked_block_step"].to(dev)))
+        rows = {k: torch.zeros(new_blocks.numel(), bs, dtype=_stat_dtype(param), device=param.device) for k in keys}
+        steps = torch.zeros(new_blocks.numel(), dtype=torch.int32, device=param.device)
+        for blocks, src_rows, src_steps in sources:
+            pos, found = self._locate(blocks, new_blocks)
+            for k in keys:
+                rows[k][found] = src_rows[k][pos[found]]
+            steps[found] = src_steps[pos[found]]
+        if policy != "drop":
+            # Park every block that has state but is not active now (old leavers and still-parked ones).
+            all_blocks = torch.cat([s[0] for s in sources])
+            all_rows = {k: torch.cat([s[1][k] for s in sources]) for k in keys}
+            all_steps = torch.cat([s[2] for s in sources])
+            parked = ~torch.isin(all_blocks, new_blocks)
+            home = torch.device("cpu") if policy == "offload" else param.device
+            state["parked_blocks"] = all_blocks[parked].to(home)
+            state["parked_block_step"] = all_steps[parked].to(home)
+            for k in keys:
+                state["parked_" + k] = all_rows[k][parked].reshape(-1).to(home)
+                if home.type == "cpu" and param.device.type == "cuda":
+                    state["parked_" + k] = state["parked_" + k].pin_memory()
+        else:
+            for k in ("parked_blocks", "parked_block_step", *("parked_" + k for k in keys)):
+                state.pop(k, None)
+        state["active_blocks"] = new_blocks.contiguous()
+        state["block_step"] = steps
+        for k in keys:
+            state[k] = rows[k].view(-1)
+
+    @staticmethod
+    def _locate(blocks: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+        """For each wanted block: its row in the sorted `blocks`, and whether it is there."""
+        if blocks.numel() == 0:
+            return torch.zeros_like(wanted), torch.zeros_like(wanted, dtype=torch.bool)
+        order = torch.argsort(blocks)
+        pos = torch.searchsorted(blocks[order], wanted).clamp(max=blocks.numel() - 1)
+        found = blocks[order][pos] == wanted
+        return order[pos], found
+
+    # ---- the step ----
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            by_device: dict[torch.device, list[Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("MaskedAdamW does not support sparse gradients")
+                if self._state(p)["active_blocks"].numel() == 0:
+                    continue  # fully deactivated: no read, no update, no decay
+                by_device.setdefault(p.device, []).append(p)
+            beta1, beta2 = group["betas"]
+            lr = float(group["lr"])
+            for device, params in by_device.items():
+                states = [self.state[p] for p in params]
+                ops.masked_adamw_step(
+                    params,
+                    [p.grad for p in params],
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                    [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+                    [s["active_blocks"] for s in states],
+                    [s["block_step"] for s in states],
+                    [s["block_size"] for s in states],
+                    lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                    amsgrad=group["amsgrad"], maximize=group["maximize"],
+                    grad_scale=None if grad_scale is None else grad_scale.to(device, torch.float32).view(1),
+                    found_inf=None if found_inf is None else found_inf.to(device, torch.float32).view(1),
+                )
+        return loss
+
+    # ---- memory and checkpoints ----
+
+    def state_bytes(self, include_offloaded: bool = False) -> int:
+        """Bytes of optimizer state (moments, step counts, block indices; parked state on the
+        device included, offloaded CPU state only when asked)."""
+        total = 0
+        for p, state in self.state.items():
+            for v in state.values():
+                if isinstance(v, Tensor) and (include_offloaded or v.device == p.device):
+                    total += v.numel() * v.element_size()
+        return total
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Like torch.optim.Optimizer.load_state_dict, but state tensors keep their dtypes (torch's
+        loader would cast block indices and float32 moments to the parameter dtype); the layout is
+        checked against these parameters before anything changes."""
+        groups, saved_groups = self.param_groups, state_dict.get("param_groups")
+        if saved_groups is None or "state" not in state_dict:
+            raise ValueError("state_dict must have 'state' and 'param_groups'")
+        if len(groups) != len(saved_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, this optimizer has {len(groups)}")
+        id_to_param = {}
+        for gi, (g, sg) in enumerate(zip(groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(
+                    f"parameter group {gi} has {len(g['params'])} params but the state_dict's has {len(sg['params'])}"
+                )
+            for p, pid in zip(g["params"], sg["params"]):
+                id_to_param[pid] = (p, sg)
+        new_state = {}
+        for pid, saved in state_dict["state"].items():
+            if pid not in id_to_param:
+                raise ValueError(f"state_dict has state for unknown parameter id {pid}")
+            p, sg = id_to_param[pid]
+            new_state[p] = self._validated_state(p, sg, saved, pid)
+        super().load_state_dict({"state": {}, "param_groups": saved_groups})
+        self.state.clear()
+        for p, s in new_state.items():
+            self.state[p] = s
+
+    def _validated_state(self, p: Tensor, group: dict, saved: dict, pid) -> dict:
+        bs_setting = group.get("block_size", 64)
+        bs = max(1, p.numel()) if bs_setting == "tensor" else bs_setting
+        if saved.get("block_size") != bs:
+            raise ValueError(f"state of parameter {pid}: block_size {saved.get('block_size')} does not match {bs}")
+        nb = (p.numel() + bs - 1) // bs
+        blocks = saved["active_blocks"]
+        if blocks.dtype != torch.int64 or blocks.dim() != 1:
+            raise ValueError(f"state of parameter {pid}: active_blocks must be a 1-D int64 tensor")
+        if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nb):
+            raise ValueError(f"state of parameter {pid}: active_blocks out of range for a parameter of {nb} blocks")
+        keys = _STATE_KEYS if group.get("amsgrad") else _STATE_KEYS[:2]
+        out = {"block_size": bs}
+        home = {k: p.device for k in saved}
+        if group.get("state_policy") == "offload":
+            home.update({k: torch.device("cpu") for k in saved if k.startswith("parked_")})
+        for prefix, blocks_key, step_key in (("", "active_blocks", "block_step"),
+                                             ("parked_", "parked_blocks", "parked_block_step")):
+            if blocks_key not in saved:
+                continue
+            n = saved[blocks_key].numel()
+            if saved[step_key].numel() != n:
+                raise ValueError(f"state of parameter {pid}: {step_key} has {saved[step_key].numel()} entries, expected {n}")
+            for k in keys:
+                t = saved.get(prefix + k)
+                if t is None or t.numel() != n * bs:
+                    raise ValueError(f"state of parameter {pid}: {prefix + k} must hold {n * bs} values")
+                out[prefix + k] = t.to(device=home[prefix + k], dtype=_stat_dtype(p)).contiguous()
+            out[blocks_key] = saved[blocks_key].to(device=home[blocks_key], dtype=torch.int64).contiguous()
+            out[step_key] = saved[step_key].to(device=home[step_key], dtype=torch.int32).contiguous()
+        return out
