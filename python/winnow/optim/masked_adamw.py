@@ -103,12 +103,13 @@ class MaskedAdamW(torch.optim.Optimizer):
         bs = self.block_size_of(param)
         return (param.numel() + bs - 1) // bs
 
-    def _state(self, param: Tensor) -> dict:
-        """The parameter's state, created fully active (zeros, step 0) on first use."""
+    def _state(self, param: Tensor, all_active: bool = True) -> dict:
+        """The parameter's state; on first use created fully active (or with no active block when
+        a mask is about to be set, so that a sparse start never holds dense state)."""
         state = self.state[param]
         if "active_blocks" not in state:
             group = self._group_of(param)
-            bs, nb = self.block_size_of(param), self.num_blocks(param)
+            bs, nb = self.block_size_of(param), self.num_blocks(param) if all_active else 0
             state["block_size"] = bs
             state["active_blocks"] = torch.arange(nb, dtype=torch.int64, device=param.device)
             state["block_step"] = torch.zeros(nb, dtype=torch.int32, device=param.device)
@@ -173,7 +174,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         """Re-lay the compact state for the sorted block list `new_blocks`: kept blocks keep their
         state; blocks that leave are parked (keep / offload) or dropped; blocks that arrive take
         their parked state, or start at zero with step 0."""
-        state, group = self._state(param), self._group_of(param)
+        state, group = self._state(param, all_active=False), self._group_of(param)
         bs, keys = state["block_size"], self._keys(group)
         policy = group["state_policy"]
         old = state["active_blocks"]
@@ -195,7 +196,9 @@ class MaskedAdamW(torch.optim.Optimizer):
             all_blocks = torch.cat([s[0] for s in sources])
             all_rows = {k: torch.cat([s[1][k] for s in sources]) for k in keys}
             all_steps = torch.cat([s[2] for s in sources])
-            parked = ~torch.isin(all_blocks, new_blocks)
+            # A block that never stepped has zero state: parking it would hold nothing a fresh
+            # start does not give, so it is not parked.
+            parked = ~torch.isin(all_blocks, new_blocks) & (all_steps > 0)
             home = torch.device("cpu") if policy == "offload" else param.device
             state["parked_blocks"] = all_blocks[parked].to(home)
             state["parked_block_step"] = all_steps[parked].to(home)

@@ -1,0 +1,242 @@
+"""MaskedAdamW, the drop-in optimizer: against torch.optim.AdamW, masks, checkpoints, AMP, errors."""
+import copy
+
+import pytest
+import torch
+
+from winnow.optim import MaskedAdamW
+
+
+def make_model(device, dtype=torch.float32):
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(13, 17), torch.nn.Tanh(), torch.nn.Linear(17, 3)).to(device, dtype)
+
+
+def train(model, opt, steps, device, sched=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(6, 13, generator=gen).to(device, next(model.parameters()).dtype)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def groups(model, **second):
+    params = list(model.parameters())
+    return [{"params": params[:2]}, {"params": params[2:], **second}]
+
+
+@pytest.mark.parametrize("amsgrad, maximize", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("block_size", [64, 7, "tensor"])
+def test_density_one_matches_torch_adamw(device, amsgrad, maximize, block_size):
+    a, b = make_model(device), make_model(device)
+    hp = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, amsgrad=amsgrad, maximize=maximize)
+    oa = torch.optim.AdamW(groups(a, lr=3e-3, weight_decay=0.0), **hp)
+    ob = MaskedAdamW(groups(b, lr=3e-3, weight_decay=0.0), **hp, block_size=block_size)
+    sa = torch.optim.lr_scheduler.StepLR(oa, step_size=10, gamma=0.5)
+    sb = torch.optim.lr_scheduler.StepLR(ob, step_size=10, gamma=0.5)
+    train(a, oa, 50, device, sa)
+    train(b, ob, 50, device, sb)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-6, atol=1e-6)
+
+
+def test_inactive_blocks_untouched_and_late_blocks_get_own_bias_correction(device):
+    p = torch.randn(256, device=device, requires_grad=True)
+    opt = MaskedAdamW([p], lr=0.1, weight_decay=0.5, block_size=64)
+    opt.set_mask(p, torch.tensor([True, False, True, False], device=device))
+    before = p.detach().clone()
+    for _ in range(5):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    assert torch.equal(p[64:128], before[64:128]) and torch.equal(p[192:], before[192:])
+    assert not torch.equal(p[:64], before[:64])
+    opt.activate(p, [1])
+    assert opt.state[p]["block_step"].tolist() == [5, 0, 5]
+    # A block activated late behaves like a fresh AdamW on that block.
+    q = p[64:128].detach().clone().requires_grad_()
+    ref = torch.optim.AdamW([q], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        g = torch.randn_like(p)
+        p.grad, q.grad = g, g[64:128].clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(p[64:128], q, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["keep", "drop", "offload"])
+def test_state_policy(device, policy):
+    p = torch.randn(128, device=device, requires_grad=True)
+    opt = MaskedAdamW([p], lr=0.1, block_size=64, state_policy=policy)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    m_block1 = opt.state[p]["exp_avg"][64:].clone()
+    full_bytes = opt.state_bytes()
+    opt.deactivate(p, [1])
+    assert opt.active_blocks(p).tolist() == [0]
+    if policy == "drop":
+        assert opt.state_bytes() < full_bytes
+    if policy == "offload":
+        assert opt.state[p]["parked_exp_avg"].device.type == "cpu"
+        if device.type == "cuda":  # on a CPU-only run "offloaded" state is where it was
+            assert opt.state_bytes() < full_bytes <= opt.state_bytes(include_offloaded=True)
+    opt.activate(p, [1])
+    if policy == "drop":
+        assert opt.state[p]["block_step"].tolist() == [3, 0]
+        assert torch.count_nonzero(opt.state[p]["exp_avg"][64:]) == 0
+    else:
+        assert opt.state[p]["block_step"].tolist() == [3, 3]
+        assert torch.equal(opt.state[p]["exp_avg"][64:], m_block1)
+
+
+def test_whole_tensor_deactivation_skips_param(device):
+    model = make_model(device)
+    opt = MaskedAdamW(model.parameters(), lr=0.1, weight_decay=0.3, block_size="tensor")
+    first = model[0].weight
+    train(model, opt, 2, device)
+    opt.deactivate(first)
+    frozen = first.detach().clone()
+    train(model, opt, 3, device)
+    assert torch.equal(first, frozen)
+    opt.activate(first)
+    train(model, opt, 1, device)
+    assert not torch.equal(first, frozen)
+
+
+def test_grad_none_is_skipped(device):
+    model = make_model(device)
+    opt = MaskedAdamW(model.parameters(), lr=0.1, weight_decay=0.3)
+    w = model[2].weight
+    before = w.detach().clone()
+    x = torch.randn(4, 13, device=device)
+    model(x).sum().backward()
+    w.grad = None
+    opt.step()
+    assert torch.equal(w, before) and w not in opt.state
+
+
+def test_state_bytes_proportional_to_density(device):
+    p = torch.randn(64 * 1000, device=device, requires_grad=True)
+    dense = MaskedAdamW([p], block_size=64)
+    p.grad = torch.randn_like(p)
+    dense.step()
+    sparse = MaskedAdamW([p], block_size=64)
+    sparse.set_mask(p, torch.arange(1000, device=device) % 10 == 0)
+    dense_adamw = 2 * p.numel() * 4
+    assert dense.state_bytes() <= 1.03 * dense_adamw
+    assert sparse.state_bytes() <= 0.12 * dense_adamw
+
+
+@pytest.mark.parametrize("policy", ["keep", "offload"])
+def test_checkpoint_resume_is_bitwise_identical(device, policy):
+    def run(steps_before, resume):
+        model = make_model(device)
+        opt = MaskedAdamW(groups(model, lr=5e-3), lr=1e-2, weight_decay=0.1, amsgrad=True, block_size=16,
+                          state_policy=policy)
+        w = model[0].weight
+        opt.set_mask(w, torch.arange(opt.num_blocks(w), device=device) % 3 != 0)
+        train(model, opt, steps_before, device, seed=0)
+        opt.deactivate(w, [1])  # something parked, too
+        if resume:
+            sd = copy.deepcopy(opt.state_dict())
+            msd = copy.deepcopy(model.state_dict())
+            model = make_model(device)
+            model.load_state_dict(msd)
+            opt = MaskedAdamW(groups(model, lr=5e-3), lr=1e-2, weight_decay=0.1, amsgrad=True, block_size=16,
+                              state_policy=policy)
+            opt.load_state_dict(sd)
+        opt.activate(model[0].weight, [1])
+        train(model, opt, 4, device, seed=1)
+        return model, opt
+
+    a, oa = run(3, resume=False)
+    b, ob = run(3, resume=True)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    for p in b.parameters():
+        s = ob.state[p]
+        assert s["active_blocks"].dtype == torch.int64 and s["exp_avg"].dtype == torch.float32
+
+
+def test_bf16_params_keep_fp32_state_through_load(device):
+    model = make_model(device, torch.bfloat16)
+    opt = MaskedAdamW(model.parameters(), lr=1e-2)
+    train(model, opt, 2, device)
+    opt2 = MaskedAdamW(model.parameters(), lr=1e-2)
+    opt2.load_state_dict(opt.state_dict())
+    for p in model.parameters():
+        assert opt2.state[p]["exp_avg"].dtype == torch.float32
+        assert opt2.state[p]["active_blocks"].dtype == torch.int64
+
+
+def test_load_state_dict_rejects_other_layout_and_changes_nothing(device):
+    model = make_model(device)
+    opt = MaskedAdamW(model.parameters(), lr=1e-2, block_size=8)
+    train(model, opt, 2, device)
+    snapshot = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(opt.state_dict())
+    bad["param_groups"][0]["block_size"] = 16
+    with pytest.raises(ValueError, match="block_size 8 does not match 16"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(opt.state_dict())
+    bad["param_groups"][0]["params"] = bad["param_groups"][0]["params"][:2]
+    with pytest.raises(ValueError, match="has 4 params but the state_dict's has 2"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(opt.state_dict())
+    bad["state"][0]["exp_avg"] = bad["state"][0]["exp_avg"][:-1]
+    with pytest.raises(ValueError, match="exp_avg must hold"):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    for pid, s in snapshot["state"].items():
+        for k, v in s.items():
+            assert torch.equal(v, after["state"][pid][k]) if isinstance(v, torch.Tensor) else v == after["state"][pid][k]
+
+
+def test_grad_scaler_skips_exactly_the_inf_steps():
+    model = make_model("cpu")
+    ref = make_model("cpu")
+    opt = MaskedAdamW(model.parameters(), lr=1e-2)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(6):
+        x = torch.randn(6, 13, generator=gen)
+        opt.zero_grad()
+        scaler.scale(model(x).pow(2).mean()).backward()
+        if step in (2, 4):
+            model[0].weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        if step not in (2, 4):  # the reference simply does not take the skipped steps
+            ref_opt.zero_grad()
+            ref(x).pow(2).mean().backward()
+            ref_opt.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert all(int(s["block_step"].max()) == 4 for s in opt.state.values())
+
+
+def test_bad_input():
+    p = torch.randn(10, requires_grad=True)
+    with pytest.raises(ValueError, match="block_size must be a positive int or 'tensor'"):
+        MaskedAdamW([p], block_size=0)
+    with pytest.raises(ValueError, match="state_policy must be one of"):
+        MaskedAdamW([p], state_policy="swap")
+    with pytest.raises(TypeError, match="complex"):
+        MaskedAdamW([torch.randn(3, dtype=torch.complex64, requires_grad=True)])
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        MaskedAdamW([p], lr=-1)
+    opt = MaskedAdamW([p], block_size=4)
+    with pytest.raises(ValueError, match=r"block mask must have shape \(3,\)"):
+        opt.set_mask(p, torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"block indices must be in \[0, 3\)"):
+        opt.activate(p, [3])
+    with pytest.raises(ValueError, match="not managed by this optimizer"):
+        opt.set_mask(torch.randn(4), torch.ones(1, dtype=torch.bool))
+    p.grad = torch.randn(10).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert len(opt.state) == 0 or torch.equal(opt.state[p]["exp_avg"], torch.zeros(12))
