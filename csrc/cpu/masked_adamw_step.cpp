@@ -10,17 +10,28 @@
 namespace winnow::adamw {
 namespace {
 
-// Elements [k0, k1) of one active block: param/grad at `p`/`g` (the block's first element),
-// state at `m`/`v`/`vmax` (the block's slot). Contiguous on both sides, so it vectorises.
+// n consecutive elements: param/grad from `p`/`g`, state from `m`/`v`/`vmax`. Contiguous on both
+// sides, so it vectorises.
 template <bool kAmsgrad, bool kMaximize, typename scalar_t, typename acc_t>
 WINNOW_CPU_CLONES void update_range(scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict m,
-                                    acc_t* __restrict v, acc_t* __restrict vmax, int64_t k0, int64_t k1,
-                                    const Hyper<acc_t> h, const BlockCoeffs<acc_t> c) {
-  for (int64_t k = k0; k < k1; ++k) {
+                                    acc_t* __restrict v, acc_t* __restrict vmax, int64_t n, const Hyper<acc_t> h,
+                                    const BlockCoeffs<acc_t> c) {
+  for (int64_t k = 0; k < n; ++k) {
     acc_t pk = static_cast<acc_t>(p[k]);
     acc_t unused = 0;
     update<kAmsgrad, kMaximize>(pk, static_cast<acc_t>(g[k]), m[k], v[k], kAmsgrad ? vmax[k] : unused, h, c);
     p[k] = static_cast<scalar_t>(pk);
+  }
+}
+
+// Sparse blocks sit at unpredictable addresses in the parameter and its gradient: fetch those of
+// a block a few runs ahead while this one computes (the compact state streams by itself).
+template <typename scalar_t>
+inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, int64_t len) {
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  for (int64_t k = 0; k < len; k += kLine) {
+    __builtin_prefetch(p + first + k, 1);
+    __builtin_prefetch(g + first + k, 0);
   }
 }
 
@@ -66,20 +77,26 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
       acc_t* vmax = amsgrad ? max_exp_avg_sqs[t].data_ptr<acc_t>() : nullptr;
       int32_t coeff_step = -1;  // blocks activated together share a step: compute pow() once
       BlockCoeffs<acc_t> c{};
+      const int64_t last_block = (ch.end + bs - 1) / bs;  // one past the last block this chunk touches
+      constexpr int64_t kAhead = 4;
       dispatch_flags(amsgrad, maximize, [&](auto ams, auto maxi) {
         for (int64_t pos = ch.begin; pos < ch.end;) {
-          const int64_t j = pos / bs, k0 = pos % bs;
-          const int64_t k1 = std::min(bs, k0 + (ch.end - pos));
+          const int64_t j = pos / bs;
+          // A run: following blocks that are also next in the parameter and share the step are
+          // contiguous on both sides, so they are one range (at density 1, the whole chunk).
+          int64_t j_end = j + 1;
+          while (j_end < last_block && blocks[j_end] == blocks[j_end - 1] + 1 && steps[j_end] == steps[j]) ++j_end;
+          if (j_end + kAhead < last_block) prefetch_block(p, g, blocks[j_end + kAhead] * bs, bs);
           if (steps[j] != coeff_step) {
             coeff_step = steps[j];
             c = block_coeffs(h, coeff_step);
           }
-          const int64_t first = blocks[j] * bs;  // the block's first element in the parameter
-          const int64_t valid = std::min(k1, numel - first);  // the last block may be partial
-          const int64_t slot = j * bs;
-          update_range<decltype(ams)::value, decltype(maxi)::value>(
-              p + first, g + first, m + slot, v + slot, vmax ? vmax + slot : nullptr, k0, valid, h, c);
-          pos += k1 - k0;
+          const int64_t run_end = std::min(ch.end, j_end * bs);
+          const int64_t first = blocks[j] * bs + (pos - j * bs);  // param element of compact slot `pos`
+          const int64_t valid = std::min(run_end - pos, numel - first);  // the last block may be partial
+          update_range<decltype(ams)::value, decltype(maxi)::value>(p + first, g + first, m + pos, v + pos,
+                                                                    vmax ? vmax + pos : nullptr, valid, h, c);
+          pos = run_end;
         }
       });
     });

@@ -37,7 +37,10 @@ template <bool kAmsgrad, bool kMaximize, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(cuda::kBlockThreads)
     update_kernel(const StepMeta meta, Hyper<acc_t> h, const float* grad_scale, const float* found_inf) {
   if (skip_step(found_inf)) return;
-  if (grad_scale != nullptr) h.grad_scale = static_cast<acc_t>(*grad_scale);
+  if (grad_scale != nullptr) {
+    h.grad_scale = static_cast<acc_t>(*grad_scale);
+    h.unscale = true;
+  }
   const int t = cuda::tensor_of_block(meta, blockIdx.x);
   auto* p = static_cast<scalar_t*>(meta.ptr[0][t]);
   const auto* g = static_cast<const scalar_t*>(meta.ptr[1][t]);

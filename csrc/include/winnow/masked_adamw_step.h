@@ -24,14 +24,15 @@ struct Hyper {
   acc_t one_minus_beta1;  // lerp weight of exp_avg
   acc_t beta2, one_minus_beta2;
   acc_t eps;
-  acc_t grad_scale;       // gradients are divided by it (AMP); 1 without a scaler
+  acc_t grad_scale;       // gradients are divided by it (AMP) when `unscale`
+  bool unscale;
   double lr, beta1_d, beta2_d;
 };
 
 template <typename acc_t>
 inline Hyper<acc_t> hyper(double lr, double beta1, double beta2, double weight_decay, double eps, double grad_scale) {
   return {acc_t(1.0 - lr * weight_decay), acc_t(1.0 - beta1), acc_t(beta2), acc_t(1.0 - beta2), acc_t(eps),
-          acc_t(grad_scale), lr, beta1, beta2};
+          acc_t(grad_scale), grad_scale != 1.0, lr, beta1, beta2};
 }
 
 // Per-block scalars from the block's step count (bias corrections, in double like torch).
@@ -46,7 +47,7 @@ WINNOW_HD BlockCoeffs<acc_t> block_coeffs(const Hyper<acc_t>& h, int32_t step) {
   const double s = static_cast<double>(step);
   const double bc1 = 1.0 - pow(h.beta1_d, s);
   const double bc2 = 1.0 - pow(h.beta2_d, s);
-  return {static_cast<acc_t>(-(h.lr / bc1)), static_cast<acc_t>(sqrt(bc2))};
+  return {static_cast<acc_t>(-(h.lr / bc1)), static_cast<acc_t>(square_root(bc2))};
 }
 
 // torch.lerp's formula (exact at both ends).
@@ -67,7 +68,7 @@ WINNOW_HD acc_t max_value(acc_t a, acc_t b) {
 template <bool kAmsgrad, bool kMaximize, typename acc_t>
 WINNOW_HD void update(acc_t& p, acc_t g, acc_t& m, acc_t& v, acc_t& vmax, const Hyper<acc_t>& h,
                       const BlockCoeffs<acc_t>& c) {
-  g = g / h.grad_scale;
+  if (h.unscale) g = g / h.grad_scale;
   if constexpr (kMaximize) g = -g;
   p = p * h.decay;
   m = lerp(m, g, h.one_minus_beta1);
@@ -77,7 +78,7 @@ WINNOW_HD void update(acc_t& p, acc_t g, acc_t& m, acc_t& v, acc_t& vmax, const 
     vmax = max_value(vmax, v);
     second = vmax;
   }
-  const acc_t denom = sqrt(second) / c.bias_correction2_sqrt + h.eps;
+  const acc_t denom = square_root(second) / c.bias_correction2_sqrt + h.eps;
   p = p + c.neg_step_size * m / denom;
 }
 

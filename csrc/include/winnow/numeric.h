@@ -16,6 +16,9 @@ WINNOW_HD double abs_value(double x) { return fabs(x); }
 WINNOW_HD bool is_finite(float x) { return fabsf(x) <= FLT_MAX; }
 WINNOW_HD bool is_finite(double x) { return fabs(x) <= DBL_MAX; }
 
+WINNOW_HD float square_root(float x) { return sqrtf(x); }
+WINNOW_HD double square_root(double x) { return sqrt(x); }
+
 WINNOW_HD float power(float x, float e) { return powf(x, e); }
 WINNOW_HD double power(double x, double e) { return pow(x, e); }
 
