@@ -1,6 +1,6 @@
 SHELL := /bin/bash
 # Two commands set up a fresh machine and do everything else themselves:
-#   make demo   the main job (today: the importance-accumulation benchmark)
+#   make demo   the main job (today: the importance-accumulation and MaskedAdamW benchmarks)
 #   make test   the test suite
 # Both create .venv, install torch (the CUDA 13.0 build, so the CUDA kernels compile even
 # without a GPU), build winnow and install what they need. Re-running rebuilds only what changed.
@@ -41,6 +41,7 @@ test: build
 
 demo: build
 	$(PYTHON) -m benchmarks run importance
+	$(PYTHON) -m benchmarks run masked_adamw
 
 bench: build
 	$(PYTHON) -m benchmarks run all

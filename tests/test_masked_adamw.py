@@ -236,7 +236,11 @@ def test_bad_input():
         opt.activate(p, [3])
     with pytest.raises(ValueError, match="not managed by this optimizer"):
         opt.set_mask(torch.randn(4), torch.ones(1, dtype=torch.bool))
-    p.grad = torch.randn(10).to_sparse()
+    q = torch.randn(10, requires_grad=True)
+    opt.add_param_group({"params": [q]})
+    before = p.detach().clone()
+    p.grad = torch.randn(10)  # a good gradient in the first group ...
+    q.grad = torch.randn(10).to_sparse()  # ... and a sparse one in the second
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
-    assert len(opt.state) == 0 or torch.equal(opt.state[p]["exp_avg"], torch.zeros(12))
+    assert torch.equal(p, before) and len(opt.state) == 0  # nothing stepped, no state created

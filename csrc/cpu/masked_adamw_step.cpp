@@ -78,7 +78,7 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
       int32_t coeff_step = -1;  // blocks activated together share a step: compute pow() once
       BlockCoeffs<acc_t> c{};
       const int64_t last_block = (ch.end + bs - 1) / bs;  // one past the last block this chunk touches
-      constexpr int64_t kAhead = 4;
+      constexpr int64_t kAhead = 12;
       dispatch_flags(amsgrad, maximize, [&](auto ams, auto maxi) {
         for (int64_t pos = ch.begin; pos < ch.end;) {
           const int64_t j = pos / bs;

@@ -157,16 +157,17 @@ class MaskedAdamW(torch.optim.Optimizer):
         if blocks is None:
             new = torch.arange(self.num_blocks(param), dtype=torch.int64, device=param.device)
         else:
-            new = torch.cat([self._state(param)["active_blocks"], self._as_blocks(param, blocks)])
+            added = self._as_blocks(param, blocks)  # validate before any state exists
+            new = torch.cat([self._state(param)["active_blocks"], added])
         self._rebuild(param, torch.unique(new))
 
     def deactivate(self, param: Tensor, blocks=None) -> None:
         """Remove blocks (indices or bool mask; None = the whole tensor) from the active set."""
+        gone = None if blocks is None else self._as_blocks(param, blocks)
         state = self._state(param)
-        if blocks is None:
+        if gone is None:
             keep = state["active_blocks"][:0]
         else:
-            gone = self._as_blocks(param, blocks)
             keep = state["active_blocks"][~torch.isin(state["active_blocks"], gone)]
         self._rebuild(param, keep)
 
@@ -234,13 +235,16 @@ class MaskedAdamW(torch.optim.Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # Check every gradient before touching anything, so a bad one leaves the model unchanged.
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.layout != torch.strided:
+                    raise RuntimeError("MaskedAdamW does not support sparse gradients")
         for group in self.param_groups:
             by_device: dict[torch.device, list[Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("MaskedAdamW does not support sparse gradients")
                 if self._state(p)["active_blocks"].numel() == 0:
                     continue  # fully deactivated: no read, no update, no decay
                 by_device.setdefault(p.device, []).append(p)
