@@ -232,6 +232,8 @@ def test_bad_input():
     opt = MaskedAdamW([p], block_size=4)
     with pytest.raises(ValueError, match=r"block mask must have shape \(3,\)"):
         opt.set_mask(p, torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="block_mask is on meta but the parameter is on cpu"):
+        opt.set_mask(p, torch.ones(3, dtype=torch.bool, device="meta"))
     with pytest.raises(ValueError, match=r"block indices must be in \[0, 3\)"):
         opt.activate(p, [3])
     with pytest.raises(ValueError, match="not managed by this optimizer"):
