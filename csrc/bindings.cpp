@@ -18,6 +18,10 @@ TORCH_LIBRARY(winnow, m) {
       "importance_update_id3(Tensor[] params, Tensor[] grads, Tensor(a!)[] scores, Tensor[] unmasked, "
       "float eps, float exponent, float beta, Tensor(b!) nonfinite) -> ()");
   m.def("importance_score(Tensor[] exp_avg_ipt, Tensor[] exp_avg_unc, int[] mean_dims) -> Tensor[]");
+  // rank_prune (csrc/include/winnow/rank_prune.h)
+  m.def(
+      "rank_prune(Tensor(a!)[] lora_E, Tensor[] ipt_E, Tensor[] unc_E, Tensor[] ipt_A, Tensor[] unc_A, "
+      "Tensor[] ipt_B, Tensor[] unc_B, int num_masked) -> (Tensor scores, Tensor keep)");
   // masked_adamw_step (csrc/include/winnow/masked_adamw_step.h)
   m.def(
       "masked_adamw_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "

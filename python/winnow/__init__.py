@@ -5,7 +5,7 @@ from winnow._extension import load as _load
 
 _C = _load()
 
-from winnow import ops, optim, reference  # noqa: E402  (ops registers the fake kernels)
+from winnow import adalora, ops, optim, reference  # noqa: E402  (ops registers the fake kernels)
 from winnow.importance import ImportanceTracker  # noqa: E402
 
 __version__ = "0.1.0"
@@ -20,4 +20,4 @@ def build_info():
     return info
 
 
-__all__ = ["ImportanceTracker", "build_info", "ops", "optim", "reference"]
+__all__ = ["ImportanceTracker", "adalora", "build_info", "ops", "optim", "reference"]

@@ -9,7 +9,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step"]
+__all__ = [
+    "importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step", "rank_prune",
+]
 
 
 def _tensor_list(name: str, tensors, allow_empty: bool = False) -> list[Tensor]:
@@ -173,6 +175,35 @@ def masked_adamw_step(
     )
 
 
+def rank_prune(
+    lora_E: Sequence[Tensor],
+    ipt_E: Sequence[Tensor],
+    unc_E: Sequence[Tensor],
+    ipt_A: Sequence[Tensor],
+    unc_A: Sequence[Tensor],
+    ipt_B: Sequence[Tensor],
+    unc_B: Sequence[Tensor],
+    num_masked: int,
+) -> tuple[Tensor, Tensor]:
+    """AdaLoRA's budget step over every adapted module in one call.
+
+    Module m has lora_E[m] of shape [r, 1], statistics of lora_A [r, in] and lora_B [out, r]
+    (exp_avg_ipt / exp_avg_unc, float32 or float64). Triplet scores
+    S = ipt_E*unc_E + (mean over A's row of ipt_A*unc_A + mean over B's column of ipt_B*unc_B);
+    the num_masked-th smallest S over all modules is the threshold and lora_E is zeroed in place
+    where S <= threshold (num_masked = 0 masks nothing). Returns (scores, keep), both flat over
+    all modules' triplets in order; nothing syncs with the host.
+    """
+    if isinstance(num_masked, bool) or not isinstance(num_masked, int):
+        raise TypeError(f"num_masked must be an int, got {type(num_masked).__name__}")
+    return torch.ops.winnow.rank_prune(
+        _tensor_list("lora_E", lora_E),
+        *(_tensor_list(n, t, allow_empty=True) for n, t in (
+            ("ipt_E", ipt_E), ("unc_E", unc_E), ("ipt_A", ipt_A), ("unc_A", unc_A), ("ipt_B", ipt_B), ("unc_B", unc_B))),
+        num_masked,
+    )
+
+
 # ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
 # They also serve the Meta key, which wins dispatch when one meta tensor hides among real
 # ones: so they check for one device per call, or such a call would silently do nothing.
@@ -221,3 +252,11 @@ def _masked_adamw_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
         "masked_adamw_step", params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
         max_exp_avg_sqs=max_exp_avg_sqs, active_blocks=active_blocks, block_steps=block_steps,
     )
+
+
+@torch.library.register_fake("winnow::rank_prune")
+def _rank_prune_fake(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
+    _one_device("rank_prune", lora_E=lora_E, ipt_E=ipt_E, unc_E=unc_E, ipt_A=ipt_A, unc_A=unc_A, ipt_B=ipt_B,
+                unc_B=unc_B)
+    total = sum(e.shape[0] for e in lora_E)
+    return ipt_E[0].new_empty((total,)), ipt_E[0].new_empty((total,), dtype=torch.bool)

@@ -97,3 +97,24 @@ def masked_adamw_step(
             exp_avgs[i][valid] = m
             exp_avg_sqs[i][valid] = v
             flat_p[idx] = pv.to(p.dtype)
+
+
+def rank_prune(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
+    """peft's mask_to_budget on statistics given as lists (k = 0 masks nothing instead of failing)."""
+    with torch.no_grad():
+        scores = []
+        for ie, ue, ia, ua, ib, ub in zip(ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B):
+            mean_a = (ia * ua).mean(dim=1, keepdim=True)
+            mean_b = (ib * ub).mean(dim=0).view(-1, 1)
+            scores.append((ie * ue).view(-1) + torch.cat([mean_a, mean_b], dim=1).sum(dim=1))
+        flat = torch.cat(scores)
+        if num_masked > 0:
+            keep = ~(flat <= torch.kthvalue(flat, num_masked).values)
+        else:
+            keep = torch.ones_like(flat, dtype=torch.bool)
+        offset = 0
+        for e in lora_E:
+            r = e.shape[0]
+            e.masked_fill_(~keep[offset:offset + r].view(-1, 1), 0.0)
+            offset += r
+        return flat, keep

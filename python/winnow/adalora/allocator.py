@@ -1,0 +1,163 @@
+"""A drop-in for peft's AdaLoRA RankAllocator on winnow's fused kernels.
+
+Same methods and semantics as peft.tuners.adalora.layer.RankAllocator (update_ipt, budget_schedule,
+mask_to_budget, update_and_allocate, mask_using_rank_pattern, reset_ipt, set_total_step), but
+one fused importance update for all adapter parameters, one rank_prune call for all modules,
+at most one host synchronisation per mask step, and k = 0 handled (masks nothing).
+"""
+import torch
+from torch import nn
+
+from winnow import ops
+from winnow.adalora.schedule import budget_schedule
+from winnow.importance import ImportanceTracker
+
+
+class RankAllocator:
+    def __init__(self, model: nn.Module, peft_config, adapter_name: str):
+        self.peft_config = peft_config
+        self.adapter_name = adapter_name
+        self.beta1 = peft_config.beta1
+        self.beta2 = peft_config.beta2
+        if not (0 < self.beta1 < 1 and 0 < self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in (0, 1), got {self.beta1}, {self.beta2}")
+        self.host_syncs = 0  # host synchronisations so far (one per mask step)
+        self._rank_pattern_masks = None
+        self.reset_ipt()
+        self._set_budget_scheduler(model)
+
+    def set_total_step(self, total_step: int) -> None:
+        self.peft_config.total_step = total_step
+
+    def reset_ipt(self) -> None:
+        self._tracker = None
+        self._triplets = None
+
+    def _set_budget_scheduler(self, model: nn.Module) -> None:
+        self.init_bgt = 0
+        self.name_set = set()
+        for n, p in model.named_parameters():
+            if f"lora_A.{self.adapter_name}" in n:
+                self.init_bgt += p.size(0)
+                self.name_set.add(n.replace("lora_A", "%s"))
+        self.name_set = sorted(self.name_set)
+        self.target_bgt = self.peft_config.target_r * len(self.name_set)
+
+    def budget_schedule(self, step: int) -> tuple[int, bool]:
+        c = self.peft_config
+        return budget_schedule(step, self.init_bgt, self.target_bgt, c.tinit, c.tfinal, c.total_step, c.deltaT)
+
+    # ---- importance ----
+
+    def _build(self, model: nn.Module) -> None:
+        """Tracker over every adapter parameter (A, E, B of each module, in name_set order)."""
+        named = dict(model.named_parameters())
+        self._triplets = []  # (name of E, A param, E param, B param) per module
+        params = []
+        for name_m in self.name_set:
+            a, e, b = (named[name_m % key] for key in ("lora_A", "lora_E", "lora_B"))
+            self._triplets.append((name_m % "lora_E", a, e, b))
+            params += [a, e, b]
+        self._tracker = ImportanceTracker(params, mode="adalora", beta1=self.beta1, beta2=self.beta2)
+
+    def update_ipt(self, model: nn.Module) -> None:
+        """Fold the current gradients of every lora_A/E/B into the sensitivity and uncertainty EMAs."""
+        if self._tracker is None:
+            self._build(model)
+        self._tracker.update()
+
+    @property
+    def exp_avg_ipt(self) -> dict:
+        return self._stats_by_name(lambda t: t.exp_avg_ipt)
+
+    @property
+    def exp_avg_unc(self) -> dict:
+        return self._stats_by_name(lambda t: t.exp_avg_unc)
+
+    def _stats_by_name(self, pick) -> dict:
+        if self._tracker is None:
+            return {}
+        out = {}
+        for k, (name_e, *_) in enumerate(self._triplets):
+            for j, key in enumerate(("lora_A", "lora_E", "lora_B")):
+                out[name_e.replace("lora_E", key)] = pick(self._tracker)[3 * k + j]
+        return out
+
+    # ---- masking ----
+
+    def mask_to_budget(self, model: nn.Module, budget: int) -> dict:
+        """Mask the lowest-scoring triplets so that `budget` remain (ties below the threshold are
+        masked too, like peft); returns the rank pattern {lora_E name: [kept?] * r}."""
+        if self._tracker is None:
+            self._build(model)
+        t = self._tracker
+        num_masked = max(0, self.init_bgt - budget)
+        idx = lambda j: [3 * k + j for k in range(len(self._triplets))]  # noqa: E731
+        with torch.no_grad():
+            _, keep = ops.rank_prune(
+                [e for _, _, e, _ in self._triplets],
+                [t.exp_avg_ipt[i] for i in idx(1)], [t.exp_avg_unc[i] for i in idx(1)],
+                [t.exp_avg_ipt[i] for i in idx(0)], [t.exp_avg_unc[i] for i in idx(0)],
+                [t.exp_avg_ipt[i] for i in idx(2)], [t.exp_avg_unc[i] for i in idx(2)],
+                num_masked,
+            )
+        keep = keep.tolist()  # the one host synchronisation of a mask step
+        self.host_syncs += 1
+        pattern, offset = {}, 0
+        for name_e, _, e, _ in self._triplets:
+            r = e.shape[0]
+            pattern[name_e] = keep[offset:offset + r]
+            offset += r
+        return pattern
+
+    def update_and_allocate(self, model: nn.Module, global_step: int, force_mask: bool = False):
+        if global_step < self.peft_config.total_step - self.peft_config.tfinal:
+            self.update_ipt(model)
+        budget, mask_ind = self.budget_schedule(global_step)
+        rank_pattern = self.mask_to_budget(model, budget) if (mask_ind or force_mask) else None
+        return budget, rank_pattern
+
+    def mask_using_rank_pattern(self, model: nn.Module, rank_pattern: dict) -> None:
+        """Re-apply a final rank pattern (every step after total_step - tfinal): the bool masks are
+        built once per pattern and reused, not rebuilt from Python lists each step."""
+        if self._rank_pattern_masks is None or self._rank_pattern_masks[0] is not rank_pattern:
+            truncated = self.adapter_name not in next(iter(rank_pattern.keys()))
+            masks = []
+            for n, p in model.named_parameters():
+                if f"lora_E.{self.adapter_name}" in n:
+                    key = n.replace(f".{self.adapter_name}", "") if truncated else n
+                    masks.append((p, ~torch.tensor(rank_pattern[key], dtype=torch.bool, device=p.device).view(-1, 1)))
+            self._rank_pattern_masks = (rank_pattern, masks)
+        with torch.no_grad():
+            for p, masked in self._rank_pattern_masks[1]:
+                p.masked_fill_(masked, 0.0)
+
+    # ---- peft interoperability ----
+
+    def load_from_peft(self, model: nn.Module, peft_allocator) -> None:
+        """Take over the running statistics of a peft RankAllocator."""
+        if not getattr(peft_allocator, "exp_avg_ipt", None):
+            return
+        self._build(model)
+        for k, (name_e, *_) in enumerate(self._triplets):
+            for j, key in enumerate(("lora_A", "lora_E", "lora_B")):
+                name = name_e.replace("lora_E", key)
+                if name in peft_allocator.exp_avg_ipt:
+                    self._tracker.exp_avg_ipt[3 * k + j].copy_(peft_allocator.exp_avg_ipt[name])
+                    self._tracker.exp_avg_unc[3 * k + j].copy_(peft_allocator.exp_avg_unc[name])
+
+
+def accelerate(peft_model: nn.Module) -> nn.Module:
+    """Swap the RankAllocator of a peft AdaLoRA model for winnow's fused one, in place: same masks,
+    same rank_pattern, same calls (model.base_model.update_and_allocate(step)), faster."""
+    # PeftModel forwards attribute reads to its tuner, so look for the module that owns the allocator.
+    tuner = next((m for m in peft_model.modules() if "rankallocator" in vars(m)), None)
+    if tuner is None:
+        raise ValueError("accelerate() needs a peft AdaLoRA model (get_peft_model with an AdaLoraConfig)")
+    old = tuner.rankallocator
+    if isinstance(old, RankAllocator):
+        return peft_model
+    new = RankAllocator(tuner.model, old.peft_config, old.adapter_name)
+    new.load_from_peft(tuner.model, old)
+    tuner.rankallocator = new
+    return peft_model
