@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from benchmarks import harness, importance, masked_adamw
+from benchmarks import adalora, harness, importance, masked_adamw
 
-BENCHMARKS = {"importance": importance.run, "masked_adamw": masked_adamw.run}
+BENCHMARKS = {"importance": importance.run, "masked_adamw": masked_adamw.run, "adalora": adalora.run}
 
 
 def main(argv=None) -> int:
