@@ -1,0 +1,195 @@
+"""AdaLoRA on any torch model: inject SVD adapters, allocate ranks on the fused kernels, save and
+load in peft's format."""
+import json
+import os
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from winnow.adalora.allocator import RankAllocator
+from winnow.adalora.layers import SVDLinear, adaptable
+from winnow.adalora.schedule import check_schedule
+
+ORTH_REG = ("peft", "paper")
+
+
+def _matches(name: str, targets) -> str | None:
+    for t in targets:
+        if name == t or name.endswith("." + t):
+            return t
+    return None
+
+
+class AdaLoRA:
+    """Injects AdaLoRA's SVD adapters (Delta W = P diag(lambda) Q; peft's lora_B, lora_E, lora_A)
+    into the nn.Linear / Conv1D modules named by `target_modules` and drives the budget schedule.
+
+    Call `update_and_allocate(step)` after every optimizer.step() with the optimizer-step count,
+    and add `orth_reg_loss()` to the training loss. Semantics are peft's AdaLoraModel's; the rank
+    allocation runs on winnow's fused importance and rank_prune kernels.
+    """
+
+    def __init__(self, model: nn.Module, target_modules, *, init_r: int = 12, target_r: int = 8,
+                 lora_alpha: float = 8.0, lora_dropout: float = 0.0, total_step: int | None = None,
+                 tinit: int = 0, tfinal: int = 0, deltaT: int = 1, beta1: float = 0.85, beta2: float = 0.85,
+                 orth_reg_weight: float = 0.5, orth_reg: str = "peft", adapter_name: str = "default"):
+        if isinstance(target_modules, str):
+            target_modules = [target_modules]
+        target_modules = list(target_modules)
+        if not target_modules:
+            raise ValueError("target_modules is empty")
+        if not (isinstance(init_r, int) and init_r > 0):
+            raise ValueError(f"init_r must be a positive int, got {init_r!r}")
+        if not (isinstance(target_r, int) and 0 <= target_r <= init_r):
+            raise ValueError(f"target_r must be an int in [0, init_r={init_r}], got {target_r!r} (target_r > init_r?)")
+        if not (isinstance(deltaT, int) and deltaT > 0):
+            raise ValueError(f"deltaT must be a positive int, got {deltaT!r}")
+        if orth_reg not in ORTH_REG:
+            raise ValueError(f"orth_reg must be one of {ORTH_REG}, got {orth_reg!r}")
+        found = {}
+        for name, module in model.named_modules():
+            t = _matches(name, target_modules)
+            if t is not None and adaptable(module):
+                found[name] = module
+        missing = [t for t in target_modules if not any(_matches(n, [t]) for n in found)]
+        if missing:
+            raise ValueError(f"target modules {missing} match no nn.Linear / Conv1D module of the model")
+        check_schedule(init_r * len(found), target_r * len(found), tinit, tfinal, total_step)
+        self.model = model
+        self.adapter_name = adapter_name
+        self.config = SimpleNamespace(
+            init_r=init_r, target_r=target_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            total_step=total_step, tinit=tinit, tfinal=tfinal, deltaT=deltaT, beta1=beta1, beta2=beta2,
+            orth_reg_weight=orth_reg_weight, target_modules=target_modules, rank_pattern=None,
+        )
+        self.orth_reg = orth_reg
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.modules: dict[str, SVDLinear] = {}
+        for name, module in found.items():
+            wrapped = SVDLinear(module, init_r, lora_alpha, lora_dropout, adapter_name)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
+            self.modules[name] = wrapped
+        self.allocator = RankAllocator(model, self.config, adapter_name)
+
+    # ---- training ----
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules.values() for d in (m.lora_A, m.lora_E, m.lora_B) for p in d.values()]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def update_and_allocate(self, global_step: int) -> None:
+        """peft's AdaLoraModel.update_and_allocate: importance + masking until total_step - tfinal,
+        the final allocation at that step, then the final rank pattern re-applied every step."""
+        c = self.config
+        if global_step > c.total_step:
+            raise ValueError(f"step {global_step} is beyond total_step {c.total_step}")
+        final = c.total_step - c.tfinal
+        if global_step < final:
+            _, rank_pattern = self.allocator.update_and_allocate(self.model, global_step)
+            if rank_pattern:
+                c.rank_pattern = rank_pattern
+        elif global_step == final:
+            _, c.rank_pattern = self.allocator.update_and_allocate(self.model, global_step, force_mask=True)
+            self.allocator.reset_ipt()
+        else:
+            self.allocator.mask_using_rank_pattern(self.model, c.rank_pattern)
+
+    def orth_reg_loss(self) -> torch.Tensor:
+        """Orthogonality penalty on P and Q, times orth_reg_weight. "peft": mean over A and B of
+        ||A A^T - I||_F and ||B^T B - I||_F (unsquared); "paper": the sum of their squares."""
+        total, count = None, 0
+        for m in self.modules.values():
+            for mat, left in ((m.lora_A[self.adapter_name], True), (m.lora_B[self.adapter_name], False)):
+                if mat.numel() == 0:
+                    continue
+                cov = mat @ mat.T if left else mat.T @ mat
+                diff = cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+                term = torch.linalg.matrix_norm(diff) if self.orth_reg == "peft" else diff.pow(2).sum()
+                total = term if total is None else total + term
+                count += 1
+        if total is None:
+            return torch.zeros(())
+        if self.orth_reg == "peft":
+            total = total / count
+        return self.config.orth_reg_weight * total
+
+    def rank_pattern(self) -> dict:
+        return self.config.rank_pattern or {}
+
+    def ranks(self) -> dict[str, int]:
+        """Current rank of each adapted module: the number of non-zero lambda."""
+        return {n: int(torch.count_nonzero(m.lora_E[self.adapter_name])) for n, m in self.modules.items()}
+
+    # ---- inference ----
+
+    def merge(self) -> None:
+        for m in self.modules.values():
+            m.merge()
+
+    def unmerge(self) -> None:
+        for m in self.modules.values():
+            m.unmerge()
+
+    # ---- peft format ----
+
+    def save_pretrained(self, path: str) -> None:
+        """adapter_config.json + adapter_model.safetensors as peft writes them: pruned triplets
+        removed by the rank pattern, keys base_model.model.<module>.lora_{A,B,E}."""
+        import peft
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        pattern = {}
+        tensors = {}
+        for name, m in self.modules.items():
+            a, e, b = (d[self.adapter_name].detach() for d in (m.lora_A, m.lora_E, m.lora_B))
+            key = f"{name}.lora_E.{self.adapter_name}"
+            keep = self.rank_pattern().get(key)
+            keep = torch.tensor(keep, dtype=torch.bool) if keep is not None else torch.ones(e.shape[0], dtype=torch.bool)
+            pattern[f"{name}.lora_E"] = keep.tolist()
+            prefix = f"base_model.model.{name}"
+            tensors[f"{prefix}.lora_A"] = a[keep].contiguous()
+            tensors[f"{prefix}.lora_E"] = e[keep].contiguous()
+            tensors[f"{prefix}.lora_B"] = b[:, keep].contiguous()
+        c = self.config
+        cfg = peft.AdaLoraConfig(
+            target_modules=c.target_modules, init_r=c.init_r, target_r=c.target_r, lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout, total_step=c.total_step, tinit=c.tinit, tfinal=c.tfinal, deltaT=c.deltaT,
+            beta1=c.beta1, beta2=c.beta2, orth_reg_weight=c.orth_reg_weight, rank_pattern=pattern,
+            inference_mode=True,
+        )
+        cfg.save_pretrained(path)
+        save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str, adapter_name: str = "default") -> "AdaLoRA":
+        """Load an AdaLoRA adapter saved by peft (or by save_pretrained) into `model`."""
+        from safetensors.torch import load_file
+
+        with open(os.path.join(path, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        if cfg.get("peft_type") != "ADALORA":
+            raise ValueError(f"{path} holds a {cfg.get('peft_type')} adapter, not ADALORA")
+        targets = cfg["target_modules"]
+        total = cfg.get("total_step") or 1
+        self = cls(model, targets, init_r=cfg["init_r"], target_r=min(cfg["target_r"], cfg["init_r"]),
+                   lora_alpha=cfg["lora_alpha"], lora_dropout=cfg.get("lora_dropout", 0.0), total_step=total,
+                   tinit=0, tfinal=0, deltaT=cfg.get("deltaT", 1), adapter_name=adapter_name)
+        state = load_file(os.path.join(path, "adapter_model.safetensors"))
+        for name, m in self.modules.items():
+            prefix = f"base_model.model.{name}"
+            if f"{prefix}.lora_A" not in state:
+                raise ValueError(f"{path} has no adapter weights for module {name}")
+            a = state[f"{prefix}.lora_A"]
+            m.resize(a.shape[0])
+            with torch.no_grad():
+                for d, key in ((m.lora_A, "lora_A"), (m.lora_E, "lora_E"), (m.lora_B, "lora_B")):
+                    d[adapter_name].copy_(state[f"{prefix}.{key}"])
+        self.config.rank_pattern = {f"{k}.{adapter_name}": v for k, v in (cfg.get("rank_pattern") or {}).items()}
+        self.config.total_step = cfg.get("total_step")
+        return self
