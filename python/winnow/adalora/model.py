@@ -73,6 +73,15 @@ class AdaLoRA:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
             self.modules[name] = wrapped
         self.allocator = RankAllocator(model, self.config, adapter_name)
+        # Like peft's AdaLoraModel.forward: an output with a .loss (transformers models) gets the
+        # orthogonal regularisation added to it.
+        self._hook = model.register_forward_hook(self._add_orth_reg)
+
+    def _add_orth_reg(self, module, args, output):
+        loss = getattr(output, "loss", None)
+        if isinstance(loss, torch.Tensor) and self.config.orth_reg_weight > 0:
+            output.loss = loss + self.orth_reg_loss().to(loss.device, loss.dtype)
+        return output
 
     # ---- training ----
 

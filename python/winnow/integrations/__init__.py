@@ -1,0 +1,1 @@
+"""Integrations with training frameworks (transformers' Trainer)."""

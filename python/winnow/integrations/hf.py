@@ -1,0 +1,35 @@
+"""transformers Trainer callbacks for winnow's methods."""
+from transformers import TrainerCallback
+
+from winnow.adalora.schedule import check_schedule
+
+
+class AdaLoRACallback(TrainerCallback):
+    """Calls `update_and_allocate(step)` after every optimizer step (`on_optimizer_step`), with the
+    optimizer-step count, so gradient accumulation is handled; takes total_step from the Trainer.
+
+    `target` is a winnow `AdaLoRA` or a peft AdaLoRA model (its base_model.update_and_allocate is
+    called, the call peft's Trainer users must otherwise remember to make).
+    """
+
+    def __init__(self, target):
+        if hasattr(target, "update_and_allocate") and hasattr(target, "config"):
+            self._update, self._config = target.update_and_allocate, target.config  # winnow AdaLoRA
+        else:
+            tuner = next((m for m in target.modules() if "rankallocator" in vars(m)), None)
+            if tuner is None:
+                raise ValueError("AdaLoRACallback needs a winnow AdaLoRA or a peft AdaLoRA model")
+            self._update = tuner.update_and_allocate
+            self._config = tuner.peft_config[tuner.trainable_adapter_name]
+        self.steps_seen: list[int] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        c = self._config
+        if state.max_steps and state.max_steps > 0 and c.total_step != state.max_steps:
+            c.total_step = state.max_steps
+        init = getattr(c, "init_r", 1)
+        check_schedule(init, min(getattr(c, "target_r", 0), init), c.tinit, c.tfinal, c.total_step)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self._update(state.global_step)
+        self.steps_seen.append(state.global_step)
