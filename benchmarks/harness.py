@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from winnow.report import format_table  # noqa: F401  (the benchmarks' table)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -74,19 +76,6 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(columns), sep] + [line(r) for r in cells])
 
 
 def write_result(name: str, device: torch.device, payload: dict) -> Path:

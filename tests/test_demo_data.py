@@ -1,0 +1,33 @@
+"""The demo's data path: the tweets CSV reader and the stratified split (on a small CSV we write)."""
+from collections import Counter
+
+from winnow.demo import tweets
+
+
+def write_csv(path, rows):
+    with open(path, "w", encoding="latin-1") as f:
+        f.write("sentiment,confidence,text\n")
+        for label, text in rows:
+            f.write(f'{label},0.9,"{text}"\n')
+
+
+def test_load_reads_latin1_dedups_and_skips_bad_labels(tmp_path):
+    p = tmp_path / "c.csv"
+    write_csv(p, [("negative", "caf\xe9 bad"), ("positive", "good"), ("positive", "good"), ("unknown", "x"),
+                  ("neutral", "meh")])
+    data = tweets.load(p)
+    assert data == [("caf\xe9 bad", 0), ("good", 2), ("meh", 1)]
+
+
+def test_stratified_split_is_fixed_disjoint_and_keeps_class_ratios():
+    data = [(f"t{i}", i % 3 if i % 5 else 0) for i in range(3000)]
+    a = tweets.stratified_split(data, {"test": 600, "val": 300, "train": None}, seed=0)
+    b = tweets.stratified_split(data, {"test": 600, "val": 300, "train": None}, seed=0)
+    assert a == b
+    texts = [set(t for t, _ in a[k]) for k in ("test", "val", "train")]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert sum(len(s) for s in texts) == 3000
+    whole = Counter(y for _, y in data)
+    test = Counter(y for _, y in a["test"])
+    for label, n in whole.items():
+        assert abs(test[label] / len(a["test"]) - n / 3000) < 0.01
