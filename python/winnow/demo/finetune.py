@@ -139,8 +139,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank = AdaLoRA's final average rank")
+    # Learning rates picked on the validation split from {3e-3, 1e-2} (LoRA: 0.722 vs 0.428 val
+    # accuracy, diverges at 1e-2; AdaLoRA: 0.632 vs 0.730, its E starts at 0 and needs the larger step).
     ap.add_argument("--lr-lora", type=float, default=3e-3)
-    ap.add_argument("--lr-adalora", type=float, default=3e-3)
+    ap.add_argument("--lr-adalora", type=float, default=1e-2)
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--test-size", type=int, default=1500)
     ap.add_argument("--val-size", type=int, default=600)
