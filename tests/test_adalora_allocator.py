@@ -1,6 +1,7 @@
 """winnow's fused RankAllocator against peft's, on the same deterministic runs."""
 import pytest
 import torch
+from nets import QKVNet
 
 peft = pytest.importorskip("peft")
 
@@ -9,15 +10,7 @@ from winnow import ops, reference  # noqa: E402
 from winnow.adalora import RankAllocator, accelerate, budget_schedule, check_schedule  # noqa: E402
 
 
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.q = torch.nn.Linear(16, 24)
-        self.k = torch.nn.Linear(16, 24)
-        self.v = torch.nn.Linear(24, 8)
-
-    def forward(self, x):
-        return self.v(torch.tanh(self.q(x) * self.k(x)))
+Net = QKVNet
 
 
 def peft_model(dtype, **cfg):

@@ -3,21 +3,14 @@ import copy
 
 import pytest
 import torch
+from nets import QKVNet
 
 peft = pytest.importorskip("peft")
 
 from winnow.adalora import AdaLoRA  # noqa: E402
 
 
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.q = torch.nn.Linear(16, 24)
-        self.k = torch.nn.Linear(16, 24)
-        self.v = torch.nn.Linear(24, 8)
-
-    def forward(self, x):
-        return self.v(torch.tanh(self.q(x) * self.k(x)))
+Net = QKVNet
 
 
 CFG = dict(init_r=6, target_r=2, total_step=24, tinit=3, tfinal=5, deltaT=2, lora_alpha=8.0)
