@@ -18,6 +18,8 @@ TORCH_LIBRARY(winnow, m) {
       "importance_update_id3(Tensor[] params, Tensor[] grads, Tensor(a!)[] scores, Tensor[] unmasked, "
       "float eps, float exponent, float beta, Tensor(b!) nonfinite) -> ()");
   m.def("importance_score(Tensor[] exp_avg_ipt, Tensor[] exp_avg_unc, int[] mean_dims) -> Tensor[]");
+  // masked_topk (csrc/include/winnow/masked_topk.h)
+  m.def("masked_topk(Tensor[] scores, Tensor[] unmasked, int k) -> Tensor[]");
   // rank_prune (csrc/include/winnow/rank_prune.h)
   m.def(
       "rank_prune(Tensor(a!)[] lora_E, Tensor[] ipt_E, Tensor[] unc_E, Tensor[] ipt_A, Tensor[] unc_A, "

@@ -11,6 +11,7 @@ from torch import Tensor
 
 __all__ = [
     "importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step", "rank_prune",
+    "masked_topk",
 ]
 
 
@@ -204,6 +205,19 @@ def rank_prune(
     )
 
 
+def masked_topk(scores: Sequence[Tensor], unmasked: Sequence[Tensor] | None, k: int) -> list[Tensor]:
+    """Global top-k over every still-masked entry (unmasked[i] False) of a list of score tensors.
+
+    Returns, per tensor, the sorted flat int64 indices of its chosen entries (k in all). Ties at
+    the k-th value go to the lowest (tensor, element) index, so the choice is deterministic.
+    Scores are float32 or float64 (one dtype per call); nothing is concatenated.
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    masks = [] if unmasked is None else _tensor_list("unmasked", unmasked)
+    return torch.ops.winnow.masked_topk(_tensor_list("scores", scores), masks, k)
+
+
 # ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
 # They also serve the Meta key, which wins dispatch when one meta tensor hides among real
 # ones: so they check for one device per call, or such a call would silently do nothing.
@@ -260,3 +274,10 @@ def _rank_prune_fake(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_maske
                 unc_B=unc_B)
     total = sum(e.shape[0] for e in lora_E)
     return ipt_E[0].new_empty((total,)), ipt_E[0].new_empty((total,), dtype=torch.bool)
+
+
+@torch.library.register_fake("winnow::masked_topk")
+def _masked_topk_fake(scores, unmasked, k):
+    _one_device("masked_topk", scores=scores, unmasked=unmasked)
+    ctx = torch.library.get_ctx()
+    return [s.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for s in scores]

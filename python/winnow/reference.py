@@ -118,3 +118,19 @@ def rank_prune(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
             e.masked_fill_(~keep[offset:offset + r].view(-1, 1), 0.0)
             offset += r
         return flat, keep
+
+
+def masked_topk(scores, unmasked, k):
+    """Brute force: sort every masked (score, tensor, index) triple, best first, ties by index."""
+    entries = []
+    for t, s in enumerate(scores):
+        flat = s.reshape(-1).tolist()
+        skip = unmasked[t].reshape(-1).tolist() if unmasked else [False] * len(flat)
+        for i, (v, u) in enumerate(zip(flat, skip)):
+            if not u:
+                entries.append((float("-inf") if v != v else v, t, i))
+    entries.sort(key=lambda e: (-e[0], e[1], e[2]))
+    out = [[] for _ in scores]
+    for _, t, i in entries[:k]:
+        out[t].append(i)
+    return [torch.tensor(sorted(o), dtype=torch.int64) for o in out]

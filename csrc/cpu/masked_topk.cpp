@@ -1,0 +1,198 @@
+// CPU launcher of masked_topk (key math in winnow/masked_topk.h): one parallel histogram pass per
+// 11-bit digit over all tensors finds the k-th largest key; one parallel pass collects.
+#include "winnow/masked_topk.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <queue>
+
+#include "multi_tensor.h"
+
+namespace winnow::topk {
+namespace {
+
+template <typename scalar_t, typename key_t>
+std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, int64_t k) {
+  constexpr int kBits = 8 * sizeof(key_t);
+  constexpr int kPasses = (kBits + kDigitBits - 1) / kDigitBits;
+  const size_t n = scores.size();
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) numels[i] = scores[i].numel();
+  auto masked_at = [&](size_t t) -> const bool* {
+    return unmasked.empty() ? nullptr : unmasked[t].const_data_ptr<bool>();
+  };
+
+  // Radix select: after pass p, `prefix` holds the top p digits of the k-th largest key and
+  // `remaining` how many of the wanted keys share that prefix.
+  key_t prefix = 0;
+  int64_t remaining = k;
+  for (int pass = 0; pass < kPasses && k > 0; ++pass) {
+    const int max_threads = at::get_num_threads();
+    std::vector<std::array<int64_t, kBins>> hist(max_threads);
+    for (auto& h : hist) h.fill(0);
+    cpu::for_each_chunk(numels, [&](const cpu::Chunk& ch) -> int64_t {
+      auto& h = hist[at::get_thread_num()];
+      const scalar_t* s = scores[ch.tensor].const_data_ptr<scalar_t>();
+      const bool* skip = masked_at(ch.tensor);
+      for (int64_t i = ch.begin; i < ch.end; ++i) {
+        if (skip != nullptr && skip[i]) continue;
+        const key_t key = order_key(s[i]);
+        if (has_prefix(key, prefix, pass, kBits)) h[digit(key, pass, kBits)]++;
+      }
+      return 0;
+    });
+    int64_t above = 0;
+    int chosen = 0;
+    for (int d = kBins - 1; d >= 0; --d) {
+      int64_t count = 0;
+      for (const auto& h : hist) count += h[d];
+      if (above + count >= remaining) {
+        chosen = d;
+        break;
+      }
+      above += count;
+    }
+    remaining -= above;
+    const int shift = kBits - (pass + 1) * kDigitBits;
+    prefix |= shift >= 0 ? (static_cast<key_t>(chosen) << shift) : (static_cast<key_t>(chosen) >> -shift);
+  }
+  const key_t threshold = prefix;  // the k-th largest key; `remaining` of the wanted keys equal it
+
+  // Per tensor: how many keys are above the threshold and how many equal it.
+  std::vector<int64_t> above(n, 0), equal(n, 0);
+  at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const scalar_t* s = scores[t].const_data_ptr<scalar_t>();
+      const bool* skip = masked_at(t);
+      for (int64_t i = 0; i < numels[t]; ++i) {
+        if (k == 0 || (skip != nullptr && skip[i])) continue;
+        const key_t key = order_key(s[i]);
+        above[t] += key > threshold;
+        equal[t] += key == threshold;
+      }
+    }
+  });
+  // Ties at the threshold go to the lowest (tensor, index): hand them out in tensor order.
+  std::vector<int64_t> take_equal(n, 0);
+  int64_t left = remaining;
+  for (size_t t = 0; t < n; ++t) {
+    take_equal[t] = std::min(left, equal[t]);
+    left -= take_equal[t];
+  }
+  std::vector<at::Tensor> out(n);
+  for (size_t t = 0; t < n; ++t) {
+    out[t] = at::empty({k == 0 ? 0 : above[t] + take_equal[t]}, scores[t].options().dtype(at::kLong));
+  }
+  at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      if (out[t].numel() == 0) continue;
+      const scalar_t* s = scores[t].const_data_ptr<scalar_t>();
+      const bool* skip = masked_at(t);
+      int64_t* o = out[t].data_ptr<int64_t>();
+      int64_t ties = take_equal[t], w = 0;
+      for (int64_t i = 0; i < numels[t]; ++i) {
+        if (skip != nullptr && skip[i]) continue;
+        const key_t key = order_key(s[i]);
+        if (key > threshold || (key == threshold && ties-- > 0)) o[w++] = i;
+      }
+    }
+  });
+  return out;
+}
+
+// Keys of a tile of scores, and their maximum (vectorised; AVX2 has the unsigned max).
+template <typename scalar_t, typename key_t>
+WINNOW_CPU_CLONES key_t tile_keys(const scalar_t* __restrict s, int64_t len, key_t* __restrict keys) {
+  // Two loops: GCC vectorises each, not the fused one (it rejects the store + reduction mix).
+  for (int64_t j = 0; j < len; ++j) keys[j] = order_key(s[j]);
+  key_t top = 0;
+  for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
+  return top;
+}
+
+// Small k (ID3 unmasks budget / total_steps entries per step): one pass, each thread keeping its
+// best k in a heap; a new entry only has to beat the heap's worst, so the loop is a compare.
+// The threads' survivors are merged by (key desc, tensor asc, index asc): deterministic.
+template <typename scalar_t, typename key_t>
+std::vector<at::Tensor> select_small_k(at::TensorList scores, at::TensorList unmasked, int64_t k) {
+  struct Entry {
+    key_t key;
+    int64_t tensor, index;
+    bool operator<(const Entry& o) const {  // "better than": larger key, then lower position
+      return key != o.key ? key > o.key : (tensor != o.tensor ? tensor < o.tensor : index < o.index);
+    }
+  };
+  const size_t n = scores.size();
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) numels[i] = scores[i].numel();
+  // std::priority_queue with `<` = better keeps the worst kept entry on top.
+  std::vector<std::priority_queue<Entry>> best(at::get_num_threads());
+  cpu::for_each_chunk(numels, [&](const cpu::Chunk& ch) -> int64_t {
+    auto& heap = best[at::get_thread_num()];
+    const scalar_t* s = scores[ch.tensor].const_data_ptr<scalar_t>();
+    const bool* skip = unmasked.empty() ? nullptr : unmasked[ch.tensor].const_data_ptr<bool>();
+    const int64_t t = static_cast<int64_t>(ch.tensor);
+    // A thread's chunks come in increasing (tensor, index) order, so an entry that only ties the
+    // heap's worst key is worse than it: "key > cut" is the whole test once the heap is full.
+    constexpr int64_t kTile = 256;
+    key_t keys[kTile];
+    for (int64_t base = ch.begin; base < ch.end; base += kTile) {
+      const int64_t len = std::min(kTile, ch.end - base);
+      const key_t tile_max = tile_keys(s + base, len, keys);
+      key_t cut = static_cast<int64_t>(heap.size()) < k ? key_t(0) : heap.top().key;
+      bool filling = static_cast<int64_t>(heap.size()) < k;
+      if (!filling && tile_max <= cut) continue;  // the common case once the heap is full
+      for (int64_t j = 0; j < len; ++j) {
+        if (!filling && keys[j] <= cut) continue;
+        const int64_t i = base + j;
+        if (skip != nullptr && skip[i]) continue;
+        if (filling) {
+          heap.push({keys[j], t, i});
+          filling = static_cast<int64_t>(heap.size()) < k;
+        } else {
+          heap.pop();
+          heap.push({keys[j], t, i});
+        }
+        if (!filling) cut = heap.top().key;
+      }
+    }
+    return 0;
+  });
+  std::vector<Entry> all;
+  for (auto& heap : best) {
+    for (; !heap.empty(); heap.pop()) all.push_back(heap.top());
+  }
+  const size_t keep = std::min<size_t>(k, all.size());
+  std::partial_sort(all.begin(), all.begin() + keep, all.end());
+  std::vector<std::vector<int64_t>> picked(n);
+  for (size_t j = 0; j < keep; ++j) picked[all[j].tensor].push_back(all[j].index);
+  std::vector<at::Tensor> out(n);
+  for (size_t t = 0; t < n; ++t) {
+    std::sort(picked[t].begin(), picked[t].end());
+    out[t] = at::empty({static_cast<int64_t>(picked[t].size())}, scores[t].options().dtype(at::kLong));
+    std::copy(picked[t].begin(), picked[t].end(), out[t].data_ptr<int64_t>());
+  }
+  return out;
+}
+
+std::vector<at::Tensor> masked_topk_cpu(at::TensorList scores, at::TensorList unmasked, int64_t k) {
+  check_topk(scores, unmasked, k);
+  int64_t total = 0;
+  for (const auto& s : scores) total += s.numel();
+  const bool small = k > 0 && k <= (int64_t{1} << 16) && k * 64 <= total;
+  if (scores[0].scalar_type() == at::kDouble) {
+    return small ? select_small_k<double, uint64_t>(scores, unmasked, k) : select<double, uint64_t>(scores, unmasked, k);
+  }
+  return small ? select_small_k<float, uint32_t>(scores, unmasked, k) : select<float, uint32_t>(scores, unmasked, k);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(winnow, CPU, m) { m.impl("masked_topk", &masked_topk_cpu); }
+
+}  // namespace winnow::topk

@@ -1,0 +1,64 @@
+"""masked_topk: global top-k over the masked entries of many tensors, against a brute-force sort."""
+import pytest
+import torch
+
+from winnow import ops, reference
+
+
+def case(gen, sizes, levels, mask_p):
+    scores = [torch.randint(0, levels, (n,), generator=gen).float() / 7 for n in sizes]  # many ties
+    masks = [torch.rand(n, generator=gen) < mask_p for n in sizes]
+    return scores, masks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sizes", [[1], [7, 1, 4097], [5000, 300, 20000, 2]])
+@pytest.mark.parametrize("frac", [0.0, 0.001, 0.01, 0.5, 1.0])  # small-k heap path and radix path
+def test_matches_brute_force(dtype, sizes, frac):
+    gen = torch.Generator().manual_seed(len(sizes))
+    scores, masks = case(gen, sizes, 30, 0.3)
+    scores = [s.to(dtype) for s in scores]
+    candidates = sum(int((~m).sum()) for m in masks)
+    k = int(candidates * frac)
+    got = ops.masked_topk(scores, masks, k)
+    want = reference.masked_topk(scores, masks, k)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    assert sum(g.numel() for g in got) == k
+
+
+def test_distinct_scores_without_masks_equal_torch_topk():
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(n, generator=gen) for n in (1000, 1, 333)]
+    got = ops.masked_topk(scores, None, 50)
+    flat = torch.cat(scores)
+    top = set(torch.topk(flat, 50).indices.tolist())
+    offsets = [0, 1000, 1001]
+    assert {o + int(i) for o, g in zip(offsets, got) for i in g} == top
+
+
+def test_negative_and_special_values_order():
+    s = [torch.tensor([-1.0, float("-inf"), 0.0, -0.0, 2.0, float("inf"), float("nan")])]
+    assert ops.masked_topk(s, None, 3)[0].tolist() == [2, 4, 5]  # inf, 2, then 0.0 before -0.0
+    assert ops.masked_topk(s, None, 6)[0].tolist() == [0, 1, 2, 3, 4, 5]  # NaN ranks last
+
+
+def test_bad_input():
+    s = [torch.rand(5), torch.rand(3)]
+    with pytest.raises(ValueError, match=r"k must be in \[0, 8\]"):
+        ops.masked_topk(s, None, 9)
+    with pytest.raises(TypeError, match=r"scores\[1\] has dtype Double"):
+        ops.masked_topk([s[0], s[1].double()], None, 1)
+    with pytest.raises(TypeError, match="scores must be float32 or float64"):
+        ops.masked_topk([torch.arange(3)], None, 1)
+    with pytest.raises(ValueError, match=r"unmasked\[1\] has shape"):
+        ops.masked_topk(s, [torch.zeros(5, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)], 1)
+    with pytest.raises(ValueError, match="scores is an empty list"):
+        ops.masked_topk([], None, 0)
+
+
+def test_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    s = [torch.rand(50, generator=gen), torch.rand(30, generator=gen)]
+    m = [torch.rand(50, generator=gen) < 0.3, torch.rand(30, generator=gen) < 0.3]
+    torch.library.opcheck(torch.ops.winnow.masked_topk.default, (s, m, 5))
