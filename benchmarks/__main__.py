@@ -7,9 +7,14 @@ import sys
 
 import torch
 
-from benchmarks import adalora, harness, importance, masked_adamw
+from benchmarks import adalora, harness, id3, importance, masked_adamw
 
-BENCHMARKS = {"importance": importance.run, "masked_adamw": masked_adamw.run, "adalora": adalora.run}
+BENCHMARKS = {
+    "importance": importance.run,
+    "masked_adamw": masked_adamw.run,
+    "adalora": adalora.run,
+    "id3": id3.run,
+}
 
 
 def main(argv=None) -> int:

@@ -36,9 +36,14 @@ WINNOW_CPU_CLONES int64_t id3_range(const scalar_t* __restrict p, const scalar_t
       score[i] = s;
     }
   } else {
+    // Branch-free (the unmasked entries compute and discard) so that the loop vectorises.
+    const auto* skip = reinterpret_cast<const uint8_t*>(unmasked);
     for (int64_t i = 0; i < n; ++i) {
-      if (unmasked[i]) continue;
-      skipped += !id3_update<E>(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), score[i], c);
+      const acc_t old = score[i];
+      acc_t s = old;
+      const bool ok = id3_update<E>(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), s, c);
+      score[i] = skip[i] ? old : s;
+      skipped += static_cast<int32_t>(!ok) & static_cast<int32_t>(skip[i] == 0);
     }
   }
   return skipped;

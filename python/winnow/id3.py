@@ -153,7 +153,7 @@ class ID3(MaskedAdamW):
             self._initial[i].append((elems.cpu(), p.detach().view(-1)[elems].cpu()))
             self._unmasked[i][new] = True
             self._count[i] += new.numel()
-            self.activate(p, new)
+            self._append_fresh(p, new)  # masked units never trained: fresh state, appended
         super().step()
         self.id3_step += 1
         return loss

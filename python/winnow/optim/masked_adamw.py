@@ -171,6 +171,16 @@ class MaskedAdamW(torch.optim.Optimizer):
             keep = state["active_blocks"][~torch.isin(state["active_blocks"], gone)]
         self._rebuild(param, keep)
 
+    def _append_fresh(self, param: Tensor, blocks: Tensor) -> None:
+        """Activate blocks known to be inactive and never trained (ID3's growing masks): their state
+        starts at zero, so it is appended without re-laying the existing state."""
+        state, group = self._state(param, all_active=False), self._group_of(param)
+        bs, n = state["block_size"], blocks.numel()
+        state["active_blocks"] = torch.cat([state["active_blocks"], blocks.to(torch.int64)])
+        state["block_step"] = torch.cat([state["block_step"], state["block_step"].new_zeros(n)])
+        for k in self._keys(group):
+            state[k] = torch.cat([state[k], state[k].new_zeros(n * bs)])
+
     def _rebuild(self, param: Tensor, new_blocks: Tensor) -> None:
         """Re-lay the compact state for the sorted block list `new_blocks`: kept blocks keep their
         state; blocks that leave are parked (keep / offload) or dropped; blocks that arrive take
