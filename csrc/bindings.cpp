@@ -20,6 +20,7 @@ TORCH_LIBRARY(winnow, m) {
   m.def("importance_score(Tensor[] exp_avg_ipt, Tensor[] exp_avg_unc, int[] mean_dims) -> Tensor[]");
   // masked_topk (csrc/include/winnow/masked_topk.h)
   m.def("masked_topk(Tensor[] scores, Tensor[] unmasked, int k) -> Tensor[]");
+  m.def("_masked_topk_aten(Tensor[] scores, Tensor[] unmasked, int k) -> Tensor[]");  // masked_topk_aten.cpp
   // rank_prune (csrc/include/winnow/rank_prune.h)
   m.def(
       "rank_prune(Tensor(a!)[] lora_E, Tensor[] ipt_E, Tensor[] unc_E, Tensor[] ipt_A, Tensor[] unc_A, "
