@@ -69,6 +69,20 @@ inline void counter(const char* op, const char* name, const at::Tensor& t, size_
   TORCH_CHECK_VALUE(t.device() == d, op, ": ", name, " is on ", t.device(), " but the tensors are on ", d);
 }
 
+// Optional per-tensor bool masks (`name`: empty, or one per tensor of `refs`, same shape and
+// device, contiguous).
+inline void optional_masks(const char* op, const char* name, at::TensorList masks, const char* ref_name,
+                           at::TensorList refs) {
+  if (masks.empty()) return;
+  same_length(op, name, masks.size(), ref_name, refs.size());
+  for (size_t i = 0; i < masks.size(); ++i) {
+    TORCH_CHECK_TYPE(masks[i].defined() && masks[i].scalar_type() == at::kBool, op, ": ", name, "[", i,
+                     "] must be a bool tensor");
+    matches(op, name, i, masks[i], ref_name, refs[i]);
+    TORCH_CHECK_VALUE(masks[i].is_contiguous(), op, ": ", name, "[", i, "] must be contiguous");
+  }
+}
+
 inline void beta(const char* op, const char* name, double b) {
   TORCH_CHECK_VALUE(b >= 0.0 && b < 1.0, op, ": ", name, " must be in [0, 1), got ", b);
 }

@@ -158,15 +158,7 @@ inline UpdateInputs check_id3(at::TensorList params, at::TensorList grads, at::T
   TORCH_CHECK_VALUE(std::isfinite(exponent), op, ": exponent must be finite, got ", exponent);
   checks::beta(op, "beta", beta);
   UpdateInputs in = check_update(op, params, grads, scores, "scores", {}, nullptr, nonfinite);
-  if (!unmasked.empty()) {
-    checks::same_length(op, "unmasked", unmasked.size(), "params", params.size());
-    for (size_t i = 0; i < unmasked.size(); ++i) {
-      TORCH_CHECK_TYPE(unmasked[i].defined() && unmasked[i].scalar_type() == at::kBool, op, ": unmasked[", i,
-                       "] must be a bool tensor");
-      checks::matches(op, "unmasked", i, unmasked[i], "params", params[i]);
-      TORCH_CHECK_VALUE(unmasked[i].is_contiguous(), op, ": unmasked[", i, "] must be contiguous");
-    }
-  }
+  checks::optional_masks(op, "unmasked", unmasked, "params", params);
   return in;
 }
 

@@ -85,15 +85,7 @@ inline void check_topk(at::TensorList scores, at::TensorList unmasked, int64_t k
     TORCH_CHECK_VALUE(scores[i].is_contiguous(), op, ": scores[", i, "] must be contiguous");
     total += scores[i].numel();
   }
-  if (!unmasked.empty()) {
-    checks::same_length(op, "unmasked", unmasked.size(), "scores", scores.size());
-    for (size_t i = 0; i < unmasked.size(); ++i) {
-      TORCH_CHECK_TYPE(unmasked[i].defined() && unmasked[i].scalar_type() == at::kBool, op, ": unmasked[", i,
-                       "] must be a bool tensor");
-      checks::matches(op, "unmasked", i, unmasked[i], "scores", scores[i]);
-      TORCH_CHECK_VALUE(unmasked[i].is_contiguous(), op, ": unmasked[", i, "] must be contiguous");
-    }
-  }
+  checks::optional_masks(op, "unmasked", unmasked, "scores", scores);
   TORCH_CHECK_VALUE(k >= 0 && k <= total, op, ": k must be in [0, ", total, "], got ", k);
 }
 
