@@ -5,7 +5,7 @@ from winnow._extension import load as _load
 
 _C = _load()
 
-from winnow import adalora, ops, optim, reference  # noqa: E402  (ops registers the fake kernels)
+from winnow import adalora, ist, ops, optim, reference  # noqa: E402  (ops registers the fake kernels)
 from winnow.id3 import ID3, apply_sparse  # noqa: E402
 from winnow.importance import ImportanceTracker  # noqa: E402
 
@@ -21,4 +21,4 @@ def build_info():
     return info
 
 
-__all__ = ["ID3", "ImportanceTracker", "adalora", "apply_sparse", "build_info", "ops", "optim", "reference"]
+__all__ = ["ID3", "ImportanceTracker", "adalora", "apply_sparse", "ist", "build_info", "ops", "optim", "reference"]
