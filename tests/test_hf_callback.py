@@ -56,3 +56,24 @@ def test_orth_reg_is_added_to_model_loss():
     ada.config.orth_reg_weight = 0.5
     assert ada.orth_reg_loss() > 0
     torch.testing.assert_close(with_reg, without + ada.orth_reg_loss())
+
+
+def test_ist_callback_switches_layers_once_per_optimizer_step(tmp_path):
+    peft = pytest.importorskip("peft")
+    from winnow.integrations.hf import ISTCallback
+    from winnow.ist import ISTController
+
+    model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query", "value"],
+                                                               modules_to_save=["classifier"]))
+    ctl = ISTController(model, update_ratio=0.5, score_interval=2, seed=0)
+    probe_loader = torch.utils.data.DataLoader(Tiny(8), batch_size=4)
+    cb = ISTCallback(ctl, probe_loader=probe_loader)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        learning_rate=1e-2, report_to=[], use_cpu=True, logging_steps=100, save_strategy="no",
+    )
+    transformers.Trainer(model=model, args=args, train_dataset=Tiny(), callbacks=[cb]).train()
+    steps = [h["step"] for h in ctl.history if "step" in h]
+    assert steps == [0, 1, 2, 3, 4]  # once per optimizer step, not per micro-batch
+    assert all(len(h["active"]) == 1 for h in ctl.history if "active" in h)
+    assert any("rewards" in h for h in ctl.history)  # probes ran at steps 2 and 4

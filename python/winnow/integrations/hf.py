@@ -33,3 +33,42 @@ class AdaLoRACallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         self._update(state.global_step)
         self.steps_seen.append(state.global_step)
+
+
+class ISTCallback(TrainerCallback):
+    """Runs an `ISTController` inside a transformers Trainer: layers are re-sampled at the start of
+    every optimizer step (`on_step_begin` fires once per gradient-accumulation window), probes use
+    `probe_loader` (ideally held out; `probe_batches` batches averaged per probe).
+    """
+
+    def __init__(self, controller, probe_loader=None, probe_batches: int = 1):
+        self.controller = controller
+        self.probe_loader = probe_loader
+        self.probe_batches = probe_batches
+        self._probe_iter = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None:
+            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            missing = sum(1 for ps in self.controller.layer_params for p in ps if id(p) not in held)
+            if missing:
+                raise ValueError(f"the Trainer's optimizer does not hold {missing} adapter parameters IST switches")
+
+    def _probe(self):
+        import torch
+
+        model = self.controller.model
+        device = next(model.parameters()).device
+        total = 0.0
+        for _ in range(self.probe_batches):
+            try:
+                batch = next(self._probe_iter)
+            except (StopIteration, TypeError):
+                self._probe_iter = iter(self.probe_loader)
+                batch = next(self._probe_iter)
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            total += float(model(**batch).loss)
+        return total / self.probe_batches
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.controller.begin_step(state.global_step, probe=self._probe if self.probe_loader is not None else None)
