@@ -1,6 +1,6 @@
 SHELL := /bin/bash
 # Two commands set up a fresh machine and do everything else themselves:
-#   make demo   the main job: LoRA vs AdaLoRA fine-tuning MiniLM on the tweets task
+#   make demo   the main job: LoRA, LoRA+IST, AdaLoRA and ID3 fine-tuning MiniLM on the tweets task
 #   make test   the test suite
 # Both create .venv, install torch (the CUDA 13.0 build, so the CUDA kernels compile even
 # without a GPU), build winnow and install what they need. Re-running rebuilds only what changed.
