@@ -150,7 +150,8 @@ class ID3(MaskedAdamW):
             bs = self.id3_block_size
             elems = (new[:, None] * bs + torch.arange(bs, device=p.device)).view(-1)
             elems = elems[elems < p.numel()]
-            self._initial[i].append((elems.cpu(), p.detach().view(-1)[elems].cpu()))
+            # kept on the device: a .cpu() here would sync every step; save_sparse moves them once
+            self._initial[i].append((elems, p.detach().view(-1)[elems].clone()))
             self._unmasked[i][new] = True
             self._count[i] += new.numel()
             self._append_fresh(p, new)  # masked units never trained: fresh state, appended
@@ -200,8 +201,9 @@ class ID3(MaskedAdamW):
             if not lst:
                 continue
             idx = torch.cat([a for a, _ in lst])
-            init = torch.cat([b for _, b in lst])
-            current = p.detach().view(-1)[idx.to(p.device)].cpu()
+            init = torch.cat([b for _, b in lst]).cpu()
+            current = p.detach().view(-1)[idx].cpu()
+            idx = idx.cpu()
             tensors[f"{name}.indices"] = idx.contiguous()
             tensors[f"{name}.delta"] = (current.to(torch.float32) - init.to(torch.float32)).contiguous() \
                 if p.dtype != torch.float64 else (current - init).contiguous()
