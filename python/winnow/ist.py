@@ -131,9 +131,28 @@ class ISTController:
         rank 0 and broadcast, so every rank trains the same layers."""
         pick = torch.multinomial(torch.sigmoid(-self.scores), self.n_active, replacement=False,
                                  generator=self.generator)
-        if self._distributed():
-            torch.distributed.broadcast(pick, src=0)
-        return sorted(pick.tolist())
+        return sorted(self._from_rank0(pick).tolist())
+
+    def _mean_over_ranks(self, loss: float) -> float:
+        """Each rank probes its own shard of the probe data; the reward uses the mean loss, so the
+        scores stay identical on every rank (and equal one process probing the whole batch)."""
+        if not self._distributed():
+            return loss
+        t = torch.tensor([loss], dtype=torch.float64, device=self._collective_device())
+        torch.distributed.all_reduce(t)
+        return float(t) / torch.distributed.get_world_size()
+
+    @staticmethod
+    def _collective_device() -> torch.device:
+        nccl = torch.distributed.get_backend() == "nccl"
+        return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+    def _from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        if not self._distributed():
+            return t
+        t = t.to(self._collective_device())
+        torch.distributed.broadcast(t, src=0)
+        return t.cpu()
 
     def begin_step(self, step: int, probe: Callable[[], object] | None = None) -> list[int]:
         if probe is not None and step > 0 and step % self.score_interval == 0:
@@ -189,10 +208,9 @@ class ISTController:
         try:
             for _ in range(self.n_rollouts):
                 chosen = torch.multinomial(p, self.n_suppress, replacement=False, generator=self.generator)
-                if self._distributed():
-                    torch.distributed.broadcast(chosen, src=0)
+                chosen = self._from_rank0(chosen)
                 with self.suppress(chosen.tolist(), self.suppression_factor):
-                    loss = float(probe())
+                    loss = self._mean_over_ranks(float(probe()))
                 rewards.append(math.exp(-loss))
                 sets.append(chosen)
         finally:

@@ -3,7 +3,8 @@
 python -m winnow.demo.finetune [--steps 120] [--methods lora adalora id3]
 
 Same model, data, split, seed, steps and final rank budget for each method; prints accuracy
-(validation and test), trainable parameters, final ranks, optimizer state bytes and wall time.
+(validation and test), trainable parameters, final ranks, optimizer state, peak training memory
+and wall time.
 """
 import argparse
 import os
@@ -123,6 +124,8 @@ def setup_id3(model, args):
 def run_method(name, data, args):
     from tqdm import tqdm
 
+    from winnow.memory import TrainingMemory
+
     model = load_model(len(tweets.LABELS), args.seed)
     setup = {"lora": setup_lora, "lora+ist": setup_lora_ist, "adalora": setup_adalora, "id3": setup_id3}[name]
     model, opts, after_step, ranks, *before = setup(model, args)
@@ -133,6 +136,7 @@ def run_method(name, data, args):
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / args.steps))
               for o in opts]
     enc, labels = data["train"]
+    memory = TrainingMemory(model, opts)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     step, epoch = 0, 0
@@ -140,10 +144,12 @@ def run_method(name, data, args):
         while step < args.steps:
             for b in batches(enc, labels, args.batch_size, shuffle_seed=args.seed + epoch):
                 before_step(step)
-                loss = model(**b).loss
+                with memory.forward():
+                    loss = model(**b).loss
                 loss.backward()
                 for o in opts:
                     o.step()
+                memory.end_step()
                 for sc in scheds:
                     sc.step()
                 after_step(step)
@@ -165,6 +171,7 @@ def run_method(name, data, args):
         "trainable params": trainable,
         "final ranks / mask": ranks(),
         "optimizer state MB": sum(o.state_bytes() for o in opts) / 2**20,
+        "peak train MB": memory.peak_bytes / 2**20,
         "train s": train_s,
     }
 
@@ -214,8 +221,10 @@ def main(argv=None) -> int:
           f"(stratified, seed 0); MiniLM-L6; {args.steps} steps of {args.batch_size}; rank budget {args.rank}/matrix")
     rows = [run_method(m, data, args) for m in args.methods]
     cols = ["method", "val acc", "test acc", "trainable params", "final ranks / mask", "optimizer state MB",
-            "train s"]
+            "peak train MB", "train s"]
     print(format_table(rows, cols))
+    print("peak train MB: the largest step total of activations saved for backward + gradients + optimizer "
+          "state (winnow.memory.TrainingMemory)")
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -1,0 +1,216 @@
+"""Hessian-vector products and OBA scores against the explicit float64 Hessian from
+torch.autograd.functional.hessian (reverse-over-reverse), on tiny MLP (LayerNorm), CNN
+(Conv-BN-ReLU-Pool-Linear) and attention models."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.functional import hessian, jacobian
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from winnow.hvp import ggn_vp, hvp
+from winnow.oba import parameter_scores, structure_scores, unstructured_masks
+
+
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.norm(x + self.mha(x, x, x, need_weights=False)[0])
+        return self.head(h.mean(1))
+
+
+def mlp(act=nn.GELU):
+    return nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), act(), nn.Linear(6, 5), act(), nn.Linear(5, 3))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 3, 3, padding=1, groups=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 3))
+
+
+def relu_mlp():
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+CASES = {
+    "mlp_layernorm": (mlp, (7, 4)),
+    "cnn": (cnn, (3, 2, 4, 4)),
+    "attention": (Attn, (2, 5, 8)),
+}
+
+
+def make(case, seed=0):
+    ctor, shape = CASES[case] if case in CASES else (relu_mlp, (7, 4))
+    torch.manual_seed(seed)
+    model = ctor().double()
+    for p in model.parameters():  # away from the initialisation's zeros (biases, LayerNorm)
+        p.data.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(shape, dtype=torch.float64)
+    y = torch.randint(0, 3, (shape[0],))
+    return model, (x, y)
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def flat_problem(model, batch):
+    """(theta flat, f(theta flat) = loss, unflatten) for the explicit-Hessian reference."""
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for _, p in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def unflatten(flat):
+        return {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
+
+    def out(flat):
+        with sdpa_kernel([SDPBackend.MATH]):  # the fused kernels have no double backward
+            return functional_call(model, {**unflatten(flat), **{k: v.clone() for k, v in buffers.items()}}, (batch[0],))
+
+    def f(flat):
+        return F.cross_entropy(out(flat), batch[1])
+
+    return torch.cat([p.flatten() for p in params]), f, out, unflatten
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hvp_equals_explicit_hessian_times_vector(case):
+    model, batch = make(case)
+    theta, f, _, unflatten = flat_problem(model, batch)
+    H = hessian(f, theta)
+    v = torch.randn_like(theta)
+    got = hvp(model, loss_fn, batch, unflatten(v))
+    want = unflatten(H @ v)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_full_scores_equal_theta_times_h_theta(case):
+    model, batch = make(case)
+    batch2 = (torch.randn_like(batch[0]), torch.randint(0, 3, batch[1].shape))
+    want = 0
+    for b in (batch, batch2):
+        theta, f, _, unflatten = flat_problem(model, b)
+        want = want + theta * (hessian(f, theta) @ theta) / 2
+    got = parameter_scores(model, loss_fn, [batch, batch2])
+    for n, w in unflatten(want).items():
+        assert got[n].dtype == torch.float64
+        torch.testing.assert_close(got[n], w, rtol=1e-10, atol=1e-10)
+
+
+def test_first_order_adds_theta_times_gradient():
+    model, batch = make("mlp_layernorm")
+    theta, f, _, unflatten = flat_problem(model, batch)
+    g = torch.autograd.functional.jacobian(f, theta)
+    want = unflatten(theta * (hessian(f, theta) @ theta) + theta * g)
+    got = parameter_scores(model, loss_fn, [batch], first_order=True)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["relu_mlp", "cnn"])
+def test_oba_curvature_equals_hessian_minus_gauss_newton_on_relu_networks(case):
+    model, batch = make(case)
+    theta, f, out, unflatten = flat_problem(model, batch)
+    H = hessian(f, theta)
+    z = out(theta)
+    J = jacobian(out, theta).reshape(z.numel(), -1)
+    Hz = hessian(lambda zz: F.cross_entropy(zz.reshape(z.shape), batch[1]), z.detach().flatten())
+    ggn = J.T @ Hz @ J
+    want = unflatten(theta * ((H - ggn) @ theta))
+    got = parameter_scores(model, loss_fn, [batch], curvature="oba")
+    assert set(got) == set(want)
+    for n in want:  # every layer, the last one included (where H - GGN is zero)
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-10)
+    # and the Gauss-Newton product itself
+    v = torch.randn_like(theta)
+    gv = ggn_vp(model, loss_fn, batch, unflatten(v))
+    for n, w in unflatten(ggn @ v).items():
+        torch.testing.assert_close(gv[n], w, rtol=1e-10, atol=1e-10)
+
+
+def test_oba_curvature_drops_smooth_activation_curvature():
+    """On a GELU network "oba" differs from H - GGN by exactly the activation-curvature terms; the
+    linearised activation keeps value and first derivative, so full scores are unchanged."""
+    model, batch = make("mlp_layernorm")
+    full = parameter_scores(model, loss_fn, [batch])
+    oba = parameter_scores(model, loss_fn, [batch], curvature="oba")
+    assert any(not torch.allclose(full[n], oba[n]) for n in full)
+    assert full.keys() == oba.keys()
+
+
+def test_structure_sums_equal_manual_slices():
+    model, batch = make("cnn")
+    s = parameter_scores(model, loss_fn, [batch])
+    sums = structure_scores(model, s)
+    torch.testing.assert_close(sums["0"]["out"][2], s["0.weight"][2].sum() + s["0.bias"][2])
+    torch.testing.assert_close(sums["4"]["in"][1], s["4.weight"][:, 1].sum())
+    torch.testing.assert_close(sums["1"]["out"][3], s["1.weight"][3] + s["1.bias"][3])
+    torch.testing.assert_close(sums["7"]["in"][5], s["7.weight"][:, 5].sum())
+    model, batch = make("attention")
+    s = parameter_scores(model, loss_fn, [batch])
+    heads = structure_scores(model, s)["mha"]["heads"]
+    E, d = 8, 4
+    for h in range(2):
+        rows = [h * d + i + k * E for k in range(3) for i in range(d)]
+        want = (s["mha.in_proj_weight"][rows].sum() + s["mha.in_proj_bias"][rows].sum()
+                + s["mha.out_proj.weight"][:, h * d:(h + 1) * d].sum())
+        torch.testing.assert_close(heads[h], want)
+
+
+def test_grouped_conv_input_channel_sums():
+    conv = nn.Conv2d(4, 6, 3, groups=2).double()
+    s = {"weight": torch.randn(6, 2, 3, 3, dtype=torch.float64)}
+    sums = structure_scores(conv, s)[""]
+    # input channel 3 = channel 1 of group 1, seen by output channels 3..5
+    torch.testing.assert_close(sums["in"][3], s["weight"][3:6, 1].sum())
+    torch.testing.assert_close(sums["in"][0], s["weight"][0:3, 0].sum())
+
+
+def test_unstructured_masks_keep_the_largest_scores():
+    s = {"a": torch.tensor([0.1, -5.0, 0.2], dtype=torch.float64), "b": torch.tensor([[3.0, -0.05]], dtype=torch.float64)}
+    m = unstructured_masks(s, 0.6)  # 3 of 5 removed: |0.05|, |0.1|, |0.2|
+    assert m["a"].tolist() == [False, True, False] and m["b"].tolist() == [[True, False]]
+    assert all(v.all() for v in unstructured_masks(s, 0.0).values())
+    with pytest.raises(ValueError, match="sparsity"):
+        unstructured_masks(s, 1.0)
+
+
+def test_bad_input_names_the_argument():
+    model, batch = make("relu_mlp")
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    with pytest.raises(KeyError, match="nope"):
+        hvp(model, loss_fn, batch, {"nope": torch.zeros(1)})
+    with pytest.raises(ValueError, match="vectors\\['0.weight'\\]"):
+        hvp(model, loss_fn, batch, {"0.weight": torch.zeros(2, 2, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="NaN"):
+        hvp(model, loss_fn, batch, {"0.weight": torch.full_like(theta["0.weight"], float("nan"))})
+    with pytest.raises(ValueError, match="non-empty"):
+        hvp(model, loss_fn, batch, {})
+    with pytest.raises(ValueError, match="scalar"):
+        hvp(model, lambda m, b: m(b[0]), batch, theta)
+    with pytest.raises(ValueError, match="batches"):
+        parameter_scores(model, loss_fn, [])
+    with pytest.raises(ValueError, match="curvature"):
+        parameter_scores(model, loss_fn, [batch], curvature="diag")
+    with pytest.raises(ValueError, match="non-finite"):
+        parameter_scores(model, lambda m, b: loss_fn(m, b) * float("inf"), [batch])
+
+
+def test_frozen_parameters_are_scored_and_stay_frozen():
+    model, batch = make("relu_mlp")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    s = parameter_scores(model, loss_fn, [batch])
+    assert all(not p.requires_grad for p in model.parameters())
+    assert any(v.abs().sum() > 0 for v in s.values())
