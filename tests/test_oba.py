@@ -214,3 +214,72 @@ def test_frozen_parameters_are_scored_and_stay_frozen():
     s = parameter_scores(model, loss_fn, [batch])
     assert all(not p.requires_grad for p in model.parameters())
     assert any(v.abs().sum() > 0 for v in s.values())
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.conv2(h) + x)
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+FAST_CASES = {
+    "cnn_eval_bn_maxpool": (cnn, (3, 2, 4, 4)),
+    "residual_grouped_conv": (Residual, (2, 3, 4, 4)),
+    "mlp_layernorm_gelu": (mlp, (7, 4)),
+    "mlp_tanh": (lambda: mlp(nn.Tanh), (7, 4)),
+    "mlp_sigmoid": (lambda: mlp(nn.Sigmoid), (7, 4)),
+    "mlp_silu": (lambda: mlp(nn.SiLU), (7, 4)),
+    "mlp_leaky": (lambda: mlp(nn.LeakyReLU), (7, 4)),
+    "layernorm_no_affine": (lambda: nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6, elementwise_affine=False),
+                                                  nn.ReLU(), nn.Linear(6, 3)), (7, 4)),
+}
+
+
+@pytest.mark.parametrize("case", list(FAST_CASES))
+@pytest.mark.parametrize("first_order", [False, True])
+def test_fast_path_equals_double_backward_and_the_explicit_hessian(case, first_order):
+    ctor, shape = FAST_CASES[case]
+    torch.manual_seed(0)
+    model = ctor().double().eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    for p in model.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    batch = (torch.randn(shape, dtype=torch.float64), torch.randint(0, 3, (shape[0],)))
+    fast = parameter_scores(model, loss_fn, [batch], method="fast", first_order=first_order)
+    slow = parameter_scores(model, loss_fn, [batch], method="double_backward", first_order=first_order)
+    theta, f, _, unflatten = flat_problem(model, batch)
+    want = theta * (hessian(f, theta) @ theta)
+    if first_order:
+        want = want + theta * jacobian(f, theta)
+    for n, w in unflatten(want).items():
+        torch.testing.assert_close(fast[n], w, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(slow[n], w, rtol=1e-10, atol=1e-10)
+
+
+def test_fast_path_refuses_what_it_cannot_do_and_auto_falls_back():
+    from winnow.hvp_fast import Unsupported
+
+    model, batch = make("attention")  # nn.MultiheadAttention has no tangent rule
+    with pytest.raises(Unsupported):
+        parameter_scores(model, loss_fn, [batch], method="fast")
+    auto = parameter_scores(model, loss_fn, [batch])
+    slow = parameter_scores(model, loss_fn, [batch], method="double_backward")
+    for n in slow:
+        torch.testing.assert_close(auto[n], slow[n], rtol=1e-12, atol=1e-12)
+    model, batch = make("cnn")  # BatchNorm in train mode: batch statistics, no rule
+    with pytest.raises(Unsupported, match="BatchNorm2d"):
+        parameter_scores(model, loss_fn, [batch], method="fast")
+    with pytest.raises(ValueError, match="method"):
+        parameter_scores(model, loss_fn, [batch], method="forward")

@@ -77,6 +77,11 @@ class ISTController:
     Inactive layers' trainable parameters get requires_grad=False (so no gradient, no update, no
     weight decay, no state growth). With a winnow MaskedAdamW passed as `optimizer`, the state of
     inactive parameters follows `state_policy` (keep | drop | offload).
+
+    Under torch.distributed every draw is made on rank 0 and broadcast, and each probe's loss is
+    averaged over ranks (each rank probes its shard), so active sets and scores are identical on
+    all ranks. With DDP, build it with find_unused_parameters=True: the resting layers' adapters
+    take no part in backward.
     """
 
     def __init__(self, model: nn.Module, update_ratio: float = 0.25, suppress_ratio: float = 0.5,

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from winnow.hvp import ggn_vp, hvp_and_grad
+from winnow.hvp_fast import Unsupported, theta_hvp, trace
 
 CURVATURES = ("full", "oba")
+METHODS = ("auto", "fast", "double_backward")
 
 # Elementwise activations whose curvature the paper's decomposition drops: module -> functional.
 _ACTIVATIONS = {
@@ -78,13 +80,20 @@ def _check_batches(batches) -> list:
 
 
 def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, curvature: str = "full",
-                     first_order: bool = False, params: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+                     first_order: bool = False, params: Iterable[str] | None = None,
+                     method: str = "auto") -> dict[str, torch.Tensor]:
     """{param name: float64 tensor of s_i = theta_i (H theta)_i (+ theta_i g_i)}, the mean over
     `batches` of each batch's scores. `loss_fn(model, batch)` returns a scalar loss; `params`
     picks parameters by name (default: every floating-point parameter). The model's train/eval
-    mode is the caller's (BatchNorm in train mode uses batch statistics, as when training)."""
+    mode is the caller's (BatchNorm in train mode uses batch statistics, as when training).
+
+    method: "fast" = winnow.hvp_fast (reverse over a forward tangent, ~2x a gradient; full
+    curvature over all parameters, layers with a tangent rule), "double_backward" = the
+    universal path (~3x), "auto" = fast where it applies, else double backward."""
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     batches = _check_batches(batches)
     named = dict(model.named_parameters())
     names = list(params) if params is not None else [n for n, p in named.items() if p.is_floating_point()]
@@ -96,8 +105,27 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
         if not torch.isfinite(named[n]).all():
             raise ValueError(f"parameter {n!r} holds NaN or inf")
     totals = {n: torch.zeros(named[n].shape, dtype=torch.float64, device=named[n].device) for n in names}
+    graph = None
+    if method != "double_backward":
+        try:
+            if curvature != "full" or set(names) != set(named):
+                raise Unsupported("the fast path scores every parameter with the full curvature")
+            graph = trace(model)
+        except Unsupported:
+            if method == "fast":
+                raise
     for batch in batches:
         theta = {n: named[n].detach() for n in names}
+        if graph is not None:
+            try:
+                h_theta = theta_hvp(model, loss_fn, batch, first_order=first_order, graph=graph)
+                for n in names:
+                    totals[n] += theta[n].double() * h_theta[n].double()
+                continue
+            except Unsupported:
+                if method == "fast":
+                    raise
+                graph = None
         if curvature == "full":
             h_theta, grads = hvp_and_grad(model, loss_fn, batch, theta)
         else:

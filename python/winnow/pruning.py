@@ -79,7 +79,8 @@ def prune_to_flops(model: nn.Module, example_inputs, importance, flops_ratio: fl
                    before_step: Callable[[nn.Module], None] | None = None, ignored_layers=None,
                    max_pruning_ratio: float = 0.95) -> list[dict]:
     """Prune `model` in place, a step at a time (global threshold over normalised group scores),
-    until its FLOPs are at most `flops_ratio` of what they were. `before_step(model)` runs before
+    until its FLOPs are at most `flops_ratio` of what they were; the last step stops at the first
+    group that meets the target. `before_step(model)` runs before
     every step (re-score: OBAImportance.refresh, or a backward pass for Taylor). Returns the
     FLOPs / params after each step."""
     if not 0 < flops_ratio < 1:
@@ -94,8 +95,12 @@ def prune_to_flops(model: nn.Module, example_inputs, importance, flops_ratio: fl
     for step in range(max_steps):
         if before_step is not None:
             before_step(model)
-        pruner.step()
-        flops, params = flops_and_params(model, example_inputs)
+        # group by group, so that the last step stops as soon as the target is met
+        for group in pruner.step(interactive=True):
+            group.prune()
+            flops, params = flops_and_params(model, example_inputs)
+            if flops <= flops_ratio * base_flops:
+                break
         history.append({"step": step, "flops": flops / base_flops, "params": params / base_params})
         if flops <= flops_ratio * base_flops:
             break

@@ -82,7 +82,8 @@ def importance_and_rescore(method: str, score_batches):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m winnow.demo.prune", description=__doc__.split("\n")[0])
     methods = ["oba", "magnitude", "taylor", "oba-paper"]
-    ap.add_argument("--methods", nargs="+", default=methods[:3], choices=methods)
+    ap.add_argument("--methods", nargs="+", default=methods, choices=methods,
+                    help="oba: full Hessian; oba-paper: the paper's curvature (H - Gauss-Newton)")
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.25, 0.1], help="FLOPs kept, as fractions")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--finetune-steps", type=int, default=150)

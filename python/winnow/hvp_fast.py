@@ -1,0 +1,240 @@
+"""The fast path for OBA's H theta: reverse over a hand-written forward tangent, no double backward.
+
+Move every parameter along itself (v = theta) and carry each activation's tangent next to its
+value. For a layer affine in its input and linear in its parameters (Linear, Conv, BatchNorm in
+eval mode) the tangent is d/de f(x + e x'; (1 + e) theta) = f(x + x'; theta): the same layer on
+the doubled batch [x, x + x'], one pass. Elementwise activations carry sigma'(z) z', max pooling
+gathers the tangent at the argmax, linear parameter-free ops apply to the tangent as they are.
+The loss's tangent L' = grad_z L . z' comes from one first-order derivative through the loss
+alone. Then, exactly, grad_theta L' = H theta + g, so H theta = grad_theta (L' - L): a single
+backward pass over a graph twice the batch, about 2x a gradient (double backward costs ~3x).
+
+Models are read with torch.fx; a module or function without a rule here raises Unsupported and
+the caller falls back to double backward.
+"""
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+class Unsupported(Exception):
+    """The model has a layer the fast path has no tangent rule for."""
+
+
+def _affine_in_params(module: nn.Module) -> bool:
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        return True
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        # eval mode: (x - running mean) / running std is affine in x, gamma and beta enter linearly
+        return not module.training and module.track_running_stats
+    return False
+
+
+def _act_tangent(kind: str, z: torch.Tensor, dz: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+    """sigma'(z) * z'. ReLU's is one fused op (its own backward kernel: z' where z > 0)."""
+    if kind == "relu":
+        return torch.ops.aten.threshold_backward(dz, z, 0)
+    return _act_derivative(kind, z, module) * dz
+
+
+def _act_derivative(kind: str, z: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+    """sigma'(z), differentiable in z (its derivative is the activation's curvature term)."""
+    if kind == "relu":
+        return (z > 0).to(z.dtype)
+    if kind == "leaky_relu":
+        slope = module.negative_slope if module is not None else 0.01
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
+    if kind == "tanh":
+        return 1 - torch.tanh(z) ** 2
+    if kind == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    if kind == "silu":
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+    if kind == "gelu":
+        if module is not None and module.approximate != "none":
+            raise Unsupported("GELU(approximate='tanh')")
+        return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
+    raise Unsupported(kind)
+
+
+_ACT_MODULES = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+                nn.SiLU: "silu", nn.GELU: "gelu"}
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
+                  F.silu: "silu", F.gelu: "gelu"}
+# parameter-free and linear in their tensor inputs: the tangent goes through the same op
+_LINEAR_MODULES = (nn.Flatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                   nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Dropout)
+_LINEAR_FUNCTIONS = {torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, torch.cat, operator.getitem}
+_LINEAR_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "mean", "sum", "squeeze",
+                   "unsqueeze"}
+
+
+def _layer_norm_tangent(m: nn.LayerNorm, x, dx, y):
+    """y' = y + gamma * J_norm(x) x' (the parameter part of the tangent is y itself, or nothing
+    without elementwise affine parameters)."""
+    param_part = y if m.weight is not None or m.bias is not None else None
+    dims = tuple(range(-len(m.normalized_shape), 0))
+    mu = x.mean(dims, keepdim=True)
+    var = x.var(dims, keepdim=True, unbiased=False)
+    s = torch.sqrt(var + m.eps)
+    n = (x - mu) / s
+    if dx is None:
+        return param_part
+    jn = (dx - dx.mean(dims, keepdim=True) - n * (n * dx).mean(dims, keepdim=True)) / s
+    jn = m.weight * jn if m.weight is not None else jn
+    return jn if param_part is None else param_part + jn
+
+
+class _TangentModel(nn.Module):
+    """Runs the traced model on (value, tangent) pairs; returns z + eps * z', so that the caller's
+    loss_fn sees the ordinary output at eps = 0 and dL/deps = grad_z L . z'."""
+
+    def __init__(self, model: nn.Module, graph: fx.GraphModule, eps: torch.Tensor):
+        super().__init__()
+        self.model, self.graph, self.eps = model, graph, eps
+
+    def forward(self, *args):
+        z, dz = self._run(args)
+        if dz is None:
+            raise Unsupported("the output does not depend on the parameters")
+        return z + self.eps * dz
+
+    def _run(self, args):
+        env = {}
+        modules = dict(self.graph.named_modules())
+        inputs = iter(args)
+
+        def val(a):
+            return fx.node.map_arg(a, lambda n: env[n][0])
+
+        def tan(a):
+            return fx.node.map_arg(a, lambda n: env[n][1])
+
+        for node in self.graph.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = (next(inputs), None)
+            elif node.op == "get_attr":
+                raise Unsupported(f"direct parameter access {node.target}")
+            elif node.op == "call_module":
+                env[node] = self._module(modules[node.target], val(node.args[0]), tan(node.args[0]), node)
+            elif node.op in ("call_function", "call_method"):
+                env[node] = self._function(node, val(node.args), tan(node.args), val(node.kwargs))
+            elif node.op == "output":
+                out = node.args[0]
+                if not isinstance(out, fx.Node):
+                    raise Unsupported("a model output that is not one tensor")
+                return env[out]
+        raise Unsupported("no output")
+
+    def _module(self, m: nn.Module, x, dx, node):
+        if len(node.args) != 1 or node.kwargs:
+            raise Unsupported(f"{type(m).__name__} called with several inputs")
+        if _affine_in_params(m):
+            if dx is None:  # the tangent is the parameter part alone: f(x; theta) = z
+                z = m(x)
+                return z, z
+            return m(x), m(x + dx)
+        if isinstance(m, nn.LayerNorm):
+            y = m(x)
+            return y, _layer_norm_tangent(m, x, dx, y)
+        kind = _ACT_MODULES.get(type(m))
+        if kind is not None:
+            y = m(x)
+            return y, (None if dx is None else _act_tangent(kind, x, dx, m))
+        if isinstance(m, nn.MaxPool2d):
+            y, idx = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+            if dx is None:
+                return y, None
+            return y, dx.flatten(2).gather(2, idx.flatten(2)).view_as(y)
+        if isinstance(m, _LINEAR_MODULES):
+            if isinstance(m, nn.Dropout) and m.training and m.p > 0:
+                raise Unsupported("Dropout in train mode")
+            return m(x), (None if dx is None else m(dx))
+        raise Unsupported(type(m).__name__)
+
+    def _function(self, node, args, dargs, kwargs):
+        fn = node.target
+        if node.op == "call_function" and fn in _ACT_FUNCTIONS:
+            x, dx = args[0], dargs[0]
+            if fn is F.gelu and kwargs.get("approximate", "none") != "none":
+                raise Unsupported("gelu(approximate='tanh')")
+            y = fn(x, *args[1:], **kwargs)
+            return y, (None if dx is None else _act_tangent(_ACT_FUNCTIONS[fn], x, dx))
+        if node.op == "call_function" and fn in (operator.add, torch.add, operator.sub, torch.sub):
+            y = fn(*args, **kwargs)
+            ta = [d for d in dargs[:2]]
+            if all(d is None for d in ta):
+                return y, None
+            sign = -1 if fn in (operator.sub, torch.sub) else 1
+            a = ta[0] if ta[0] is not None else 0
+            b = ta[1] if ta[1] is not None else 0
+            return y, a + sign * b
+        if node.op == "call_function" and fn in (operator.mul, torch.mul):
+            (x1, x2), (d1, d2) = args[:2], dargs[:2]
+            y = fn(x1, x2)
+            parts = [d1 * x2 if d1 is not None else None, x1 * d2 if d2 is not None else None]
+            parts = [p for p in parts if p is not None]
+            return y, (sum(parts) if parts else None)
+        linear = (node.op == "call_function" and fn in _LINEAR_FUNCTIONS) or \
+                 (node.op == "call_method" and fn in _LINEAR_METHODS)
+        if linear:
+            call = (lambda *a, **k: getattr(a[0], fn)(*a[1:], **k)) if node.op == "call_method" else fn
+            y = call(*args, **kwargs)
+            if all(d is None for d in _flat(dargs)):
+                return y, None
+            if fn is torch.cat:
+                ts = [d if d is not None else torch.zeros_like(v) for v, d in zip(args[0], dargs[0])]
+                return y, torch.cat(ts, *args[1:], **kwargs)
+            if dargs[0] is None:
+                raise Unsupported(f"{fn} with a tangent in a non-leading argument")
+            return y, call(dargs[0], *args[1:], **kwargs)
+        raise Unsupported(f"{node.op} {getattr(fn, '__name__', fn)}")
+
+
+def _flat(xs):
+    out = []
+    for x in xs:
+        if isinstance(x, (list, tuple)):
+            out += _flat(x)
+        else:
+            out.append(x)
+    return out
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001  (any tracing failure means: not for the fast path)
+        raise Unsupported(f"torch.fx cannot trace {type(model).__name__}: {e}") from e
+
+
+def theta_hvp(model: nn.Module, loss_fn: Callable, batch, first_order: bool = False,
+              graph: fx.GraphModule | None = None) -> dict[str, torch.Tensor]:
+    """{name: H theta} (or H theta + g with first_order) over all of the model's parameters, for
+    loss_fn(model, batch). Raises Unsupported where a layer has no tangent rule."""
+    graph = graph if graph is not None else trace(model)
+    named = list(model.named_parameters())
+    params = [p for _, p in named]
+    saved = [p.requires_grad for p in params]
+    eps = torch.zeros((), dtype=params[0].dtype, device=params[0].device, requires_grad=True)
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_fn(_TangentModel(model, graph, eps), batch)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError("loss_fn must return a scalar tensor")
+            if not torch.isfinite(loss.detach()).all():
+                raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()})")
+            (dloss,) = torch.autograd.grad(loss, eps, create_graph=True)
+            target = dloss if first_order else dloss - loss
+            out = torch.autograd.grad(target, params, allow_unused=True)
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+    return {n: (torch.zeros_like(p) if o is None else o) for (n, p), o in zip(named, out)}
