@@ -31,6 +31,9 @@ TORCH_LIBRARY(winnow, m) {
       "Tensor(d!)[] max_exp_avg_sqs, Tensor[] active_blocks, Tensor(e!)[] block_steps, int[] block_sizes, "
       "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // act_tangent family, for the fast H-theta path (csrc/include/winnow/act_tangent.h)
+  m.def("act_tangent(Tensor z, Tensor dz, int kind) -> (Tensor y, Tensor dy)");
+  m.def("act_tangent_backward(Tensor z, Tensor dz, Tensor gy, Tensor gdy, int kind) -> (Tensor gz, Tensor gdz)");
 }
 
 namespace py = pybind11;

@@ -283,3 +283,27 @@ def test_fast_path_refuses_what_it_cannot_do_and_auto_falls_back():
         parameter_scores(model, loss_fn, [batch], method="fast")
     with pytest.raises(ValueError, match="method"):
         parameter_scores(model, loss_fn, [batch], method="forward")
+
+
+class ScaledSkip(nn.Module):
+    """A parameter used directly in forward (get_attr) through a product and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.gain = nn.Parameter(torch.ones(4))
+        self.register_buffer("shift", torch.full((4,), 0.1))
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x)) * self.gain + x + self.shift)
+
+
+def test_fast_path_handles_parameters_used_directly_and_buffers():
+    torch.manual_seed(0)
+    model = ScaledSkip().double()
+    batch = (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,)))
+    fast = parameter_scores(model, loss_fn, [batch], method="fast")
+    theta, f, _, unflatten = flat_problem(model, batch)
+    for n, w in unflatten(theta * (hessian(f, theta) @ theta)).items():
+        torch.testing.assert_close(fast[n], w, rtol=1e-10, atol=1e-10)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from winnow import ops
+
 
 class Unsupported(Exception):
     """The model has a layer the fast path has no tangent rule for."""
@@ -33,11 +35,14 @@ def _affine_in_params(module: nn.Module) -> bool:
     return False
 
 
-def _act_tangent(kind: str, z: torch.Tensor, dz: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-    """sigma'(z) * z'. ReLU's is one fused op (its own backward kernel: z' where z > 0)."""
-    if kind == "relu":
-        return torch.ops.aten.threshold_backward(dz, z, 0)
-    return _act_derivative(kind, z, module) * dz
+def _activation(kind: str, m: nn.Module | None, fn, x: torch.Tensor, dx: torch.Tensor | None):
+    """(sigma(x), sigma'(x) x'): winnow's fused act_tangent kernel (value and tangent in one pass,
+    its backward with the curvature term in one more) where it has the activation."""
+    if dx is None:
+        return fn(x), None
+    if kind in ops.ACT_KINDS and (m is None or getattr(m, "approximate", "none") == "none"):
+        return ops.act_tangent(x, dx, kind)
+    return fn(x), _act_derivative(kind, x, m) * dx
 
 
 def _act_derivative(kind: str, z: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
@@ -98,7 +103,9 @@ class _TangentModel(nn.Module):
         super().__init__()
         self.model, self.graph, self.eps = model, graph, eps
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
+        if kwargs:
+            raise Unsupported("keyword arguments to the model's forward")
         z, dz = self._run(args)
         if dz is None:
             raise Unsupported("the output does not depend on the parameters")
@@ -118,8 +125,11 @@ class _TangentModel(nn.Module):
         for node in self.graph.graph.nodes:
             if node.op == "placeholder":
                 env[node] = (next(inputs), None)
-            elif node.op == "get_attr":
-                raise Unsupported(f"direct parameter access {node.target}")
+            elif node.op == "get_attr":  # a parameter moves along itself; buffers and constants do not move
+                obj = self.graph
+                for part in node.target.split("."):
+                    obj = getattr(obj, part)
+                env[node] = (obj, obj if isinstance(obj, nn.Parameter) else None)
             elif node.op == "call_module":
                 env[node] = self._module(modules[node.target], val(node.args[0]), tan(node.args[0]), node)
             elif node.op in ("call_function", "call_method"):
@@ -144,8 +154,7 @@ class _TangentModel(nn.Module):
             return y, _layer_norm_tangent(m, x, dx, y)
         kind = _ACT_MODULES.get(type(m))
         if kind is not None:
-            y = m(x)
-            return y, (None if dx is None else _act_tangent(kind, x, dx, m))
+            return _activation(kind, m, m, x, dx)
         if isinstance(m, nn.MaxPool2d):
             y, idx = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
             if dx is None:
@@ -163,8 +172,9 @@ class _TangentModel(nn.Module):
             x, dx = args[0], dargs[0]
             if fn is F.gelu and kwargs.get("approximate", "none") != "none":
                 raise Unsupported("gelu(approximate='tanh')")
-            y = fn(x, *args[1:], **kwargs)
-            return y, (None if dx is None else _act_tangent(_ACT_FUNCTIONS[fn], x, dx))
+            if len(args) > 1 or set(kwargs) - {"inplace", "approximate"}:
+                raise Unsupported(f"{fn.__name__} with extra arguments")
+            return _activation(_ACT_FUNCTIONS[fn], None, fn, x, dx)
         if node.op == "call_function" and fn in (operator.add, torch.add, operator.sub, torch.sub):
             y = fn(*args, **kwargs)
             ta = [d for d in dargs[:2]]

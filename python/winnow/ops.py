@@ -11,8 +11,11 @@ from torch import Tensor
 
 __all__ = [
     "importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step", "rank_prune",
-    "masked_topk",
+    "masked_topk", "act_tangent", "ACT_KINDS",
 ]
+
+# act_tangent's `kind` (csrc/include/winnow/act_tangent.h holds the same table)
+ACT_KINDS = {"relu": 0, "gelu": 1, "silu": 2, "tanh": 3, "sigmoid": 4}
 
 
 def _tensor_list(name: str, tensors, allow_empty: bool = False) -> list[Tensor]:
@@ -218,6 +221,38 @@ def masked_topk(scores: Sequence[Tensor], unmasked: Sequence[Tensor] | None, k: 
     return torch.ops.winnow.masked_topk(_tensor_list("scores", scores), masks, k)
 
 
+def _act_kind(kind) -> int:
+    if kind not in ACT_KINDS:
+        raise ValueError(f"kind must be one of {sorted(ACT_KINDS)}, got {kind!r}")
+    return ACT_KINDS[kind]
+
+
+def act_tangent(z: Tensor, dz: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """(f(z), f'(z) * dz) in one pass for the elementwise activation `kind` (relu, gelu (exact),
+    silu, tanh, sigmoid): a value and its forward tangent. Differentiable: its backward is one
+    fused pass too, gz = gy f'(z) + gdy f''(z) dz and gdz = gdy f'(z)."""
+    if not isinstance(z, Tensor) or not isinstance(dz, Tensor):
+        raise TypeError(f"z and dz must be tensors, got {type(z).__name__} and {type(dz).__name__}")
+    return torch.ops.winnow.act_tangent(z, dz, _act_kind(kind))
+
+
+def _act_tangent_setup(ctx, inputs, output):
+    z, dz, kind = inputs
+    ctx.save_for_backward(z, dz)
+    ctx.kind = kind
+
+
+def _act_tangent_backward(ctx, gy, gdy):
+    z, dz = ctx.saved_tensors
+    gy = torch.zeros_like(z) if gy is None else gy
+    gdy = torch.zeros_like(z) if gdy is None else gdy
+    gz, gdz = torch.ops.winnow.act_tangent_backward(z, dz, gy, gdy, ctx.kind)
+    return gz, gdz, None
+
+
+torch.library.register_autograd("winnow::act_tangent", _act_tangent_backward, setup_context=_act_tangent_setup)
+
+
 # ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
 # They also serve the Meta key, which wins dispatch when one meta tensor hides among real
 # ones: so they check for one device per call, or such a call would silently do nothing.
@@ -281,3 +316,17 @@ def _masked_topk_fake(scores, unmasked, k):
     _one_device("masked_topk", scores=scores, unmasked=unmasked)
     ctx = torch.library.get_ctx()
     return [s.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for s in scores]
+
+
+@torch.library.register_fake("winnow::act_tangent")
+def _act_tangent_fake(z, dz, kind):
+    _one_device("act_tangent", z=z, dz=dz)
+    return torch.empty_like(z, memory_format=torch.contiguous_format), \
+        torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("winnow::act_tangent_backward")
+def _act_tangent_backward_fake(z, dz, gy, gdy, kind):
+    _one_device("act_tangent_backward", z=z, dz=dz, gy=gy, gdy=gdy)
+    return torch.empty_like(z, memory_format=torch.contiguous_format), \
+        torch.empty_like(z, memory_format=torch.contiguous_format)

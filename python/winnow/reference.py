@@ -134,3 +134,28 @@ def masked_topk(scores, unmasked, k):
     for _, t, i in entries[:k]:
         out[t].append(i)
     return [torch.tensor(sorted(o), dtype=torch.int64) for o in out]
+
+
+def _act(kind: str, z: Tensor) -> Tensor:
+    fns = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
+           "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+    return fns[kind](z)
+
+
+def act_tangent(z: Tensor, dz: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """(f(z), f'(z) dz) by torch's forward-mode AD, in the op-math dtype."""
+    zz, dd = z.to(torch.promote_types(z.dtype, torch.float32)), dz.to(torch.promote_types(dz.dtype, torch.float32))
+    y, dy = torch.func.jvp(lambda t: _act(kind, t), (zz,), (dd,))
+    return y.to(z.dtype), dy.to(z.dtype)
+
+
+def act_tangent_backward(z: Tensor, dz: Tensor, gy: Tensor, gdy: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """The vector-Jacobian product of act_tangent, by autograd through the reference."""
+    up = torch.promote_types(z.dtype, torch.float32)
+    zz = z.to(up).detach().requires_grad_(True)
+    dd = dz.to(up).detach().requires_grad_(True)
+    with torch.enable_grad():
+        d1 = torch.autograd.grad(_act(kind, zz).sum(), zz, create_graph=True)[0]
+        y, dy = _act(kind, zz), d1 * dd
+        gz, gdz = torch.autograd.grad((y, dy), (zz, dd), (gy.to(up), gdy.to(up)))
+    return gz.to(z.dtype), gdz.to(z.dtype)

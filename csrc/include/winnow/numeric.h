@@ -22,4 +22,13 @@ WINNOW_HD double square_root(double x) { return sqrt(x); }
 WINNOW_HD float power(float x, float e) { return powf(x, e); }
 WINNOW_HD double power(double x, double e) { return pow(x, e); }
 
+WINNOW_HD float error_function(float x) { return erff(x); }
+WINNOW_HD double error_function(double x) { return erf(x); }
+
+WINNOW_HD float exponential(float x) { return expf(x); }
+WINNOW_HD double exponential(double x) { return exp(x); }
+
+WINNOW_HD float hyperbolic_tangent(float x) { return tanhf(x); }
+WINNOW_HD double hyperbolic_tangent(double x) { return tanh(x); }
+
 }  // namespace winnow

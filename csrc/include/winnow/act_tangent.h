@@ -1,0 +1,99 @@
+#pragma once
+// act_tangent: an elementwise activation's value and forward tangent in one pass, and the
+// backward of both in one pass, for the fast H-theta path (python/winnow/hvp_fast.py):
+//   forward:  y = f(z),  dy = f'(z) dz
+//   backward: gz = gy f'(z) + gdy f''(z) dz,  gdz = gdy f'(z)
+// (gz's second term is the activation's curvature, what double backward would recompute with
+// a dozen elementwise ops). Shared by csrc/cpu/act_tangent.cpp and csrc/cuda/act_tangent.cu.
+#include "winnow/macros.h"
+#include "winnow/numeric.h"
+
+namespace winnow::act {
+
+// The `kind` argument of the ops; python/winnow/ops.py holds the same table.
+enum Kind : int { kReLU = 0, kGELU = 1, kSiLU = 2, kTanh = 3, kSigmoid = 4, kNumKinds = 5 };
+
+template <typename T>
+struct Derivs {
+  T f, d1, d2;  // f(z), f'(z), f''(z)
+};
+
+template <int K, typename T>
+WINNOW_HD Derivs<T> derivs(T z) {
+  const T one(1), zero(0);
+  if constexpr (K == kReLU) {
+    return {z > zero ? z : zero, z > zero ? one : zero, zero};
+  } else if constexpr (K == kGELU) {  // f = z Phi(z), f' = Phi + z phi, f'' = phi (2 - z^2)
+    const T cdf = T(0.5) * (one + error_function(z * T(0.70710678118654752)));
+    const T pdf = exponential(T(-0.5) * z * z) * T(0.39894228040143268);
+    return {z * cdf, cdf + z * pdf, pdf * (T(2) - z * z)};
+  } else if constexpr (K == kSiLU) {  // f = z s, f' = s + z s', f'' = s' (2 + z (1 - 2s))
+    const T s = one / (one + exponential(-z));
+    const T ds = s * (one - s);
+    return {z * s, s + z * ds, ds * (T(2) + z * (one - T(2) * s))};
+  } else if constexpr (K == kTanh) {  // f' = 1 - t^2, f'' = -2 t (1 - t^2)
+    const T t = hyperbolic_tangent(z);
+    const T d = one - t * t;
+    return {t, d, T(-2) * t * d};
+  } else {  // sigmoid: f' = s (1 - s), f'' = f' (1 - 2s)
+    const T s = one / (one + exponential(-z));
+    const T d = s * (one - s);
+    return {s, d, d * (one - T(2) * s)};
+  }
+}
+
+template <int K, typename T>
+WINNOW_HD void forward(T z, T dz, T& y, T& dy) {
+  const Derivs<T> d = derivs<K>(z);
+  y = d.f;
+  dy = d.d1 * dz;
+}
+
+template <int K, typename T>
+WINNOW_HD void backward(T z, T dz, T gy, T gdy, T& gz, T& gdz) {
+  const Derivs<T> d = derivs<K>(z);
+  gz = gy * d.d1 + gdy * d.d2 * dz;
+  gdz = gdy * d.d1;
+}
+
+}  // namespace winnow::act
+
+// ---- host side: validation shared by both backends, and the kind dispatch ----
+#include <ATen/core/Tensor.h>
+
+#include "winnow/checks.h"
+
+// Runs __VA_ARGS__ with `constexpr int K` bound to the runtime `kind`.
+#define WINNOW_DISPATCH_ACT(kind, ...)                                              \
+  [&] {                                                                             \
+    switch (kind) {                                                                 \
+      case ::winnow::act::kReLU: { constexpr int K = ::winnow::act::kReLU; return __VA_ARGS__(); }       \
+      case ::winnow::act::kGELU: { constexpr int K = ::winnow::act::kGELU; return __VA_ARGS__(); }       \
+      case ::winnow::act::kSiLU: { constexpr int K = ::winnow::act::kSiLU; return __VA_ARGS__(); }       \
+      case ::winnow::act::kTanh: { constexpr int K = ::winnow::act::kTanh; return __VA_ARGS__(); }       \
+      default: { constexpr int K = ::winnow::act::kSigmoid; return __VA_ARGS__(); }                      \
+    }                                                                               \
+  }()
+
+namespace winnow::act {
+
+// Every tensor: defined, dense, floating, the shape, dtype and device of z.
+inline void check(const char* op, int64_t kind, std::initializer_list<std::pair<const char*, const at::Tensor*>> ts) {
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kNumKinds, op, ": kind must be in [0, ", int(kNumKinds), "), got ", kind);
+  const at::Tensor& z = *ts.begin()->second;
+  for (const auto& [name, t] : ts) {
+    TORCH_CHECK_VALUE(t->defined(), op, ": ", name, " is undefined (None)");
+    TORCH_CHECK_TYPE(t->layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
+                     t->layout());
+    TORCH_CHECK_TYPE(checks::is_float_dtype(t->scalar_type()), op, ": ", name,
+                     " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == z.scalar_type(), op, ": ", name, " is ", t->scalar_type(), " but z is ",
+                     z.scalar_type());
+    TORCH_CHECK_VALUE(t->device() == z.device(), op, ": ", name, " is on ", t->device(), " but z is on ",
+                      z.device());
+    TORCH_CHECK_VALUE(t->sizes() == z.sizes(), op, ": ", name, " has shape ", t->sizes(), " but z has shape ",
+                      z.sizes());
+  }
+}
+
+}  // namespace winnow::act
