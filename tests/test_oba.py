@@ -239,6 +239,7 @@ FAST_CASES = {
     "mlp_sigmoid": (lambda: mlp(nn.Sigmoid), (7, 4)),
     "mlp_silu": (lambda: mlp(nn.SiLU), (7, 4)),
     "mlp_leaky": (lambda: mlp(nn.LeakyReLU), (7, 4)),
+    "attention_layernorm": (Attn, (2, 5, 8)),
     "layernorm_no_affine": (lambda: nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6, elementwise_affine=False),
                                                   nn.ReLU(), nn.Linear(6, 3)), (7, 4)),
 }
@@ -271,8 +272,9 @@ def test_fast_path_equals_double_backward_and_the_explicit_hessian(case, first_o
 def test_fast_path_refuses_what_it_cannot_do_and_auto_falls_back():
     from winnow.hvp_fast import Unsupported
 
-    model, batch = make("attention")  # nn.MultiheadAttention has no tangent rule
-    with pytest.raises(Unsupported):
+    model, batch = make("relu_mlp")
+    model[1] = nn.Hardswish()  # no tangent rule
+    with pytest.raises(Unsupported, match="Hardswish"):
         parameter_scores(model, loss_fn, [batch], method="fast")
     auto = parameter_scores(model, loss_fn, [batch])
     slow = parameter_scores(model, loss_fn, [batch], method="double_backward")

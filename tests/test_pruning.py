@@ -8,7 +8,7 @@ from torch import nn
 tp = pytest.importorskip("torch_pruning")
 
 from winnow.oba import parameter_scores, structure_scores  # noqa: E402
-from winnow.pruning import OBAImportance, flops_and_params, prune_to_flops  # noqa: E402
+from winnow.pruning import OBAImportance, flops_and_params, prune_iteratively  # noqa: E402
 
 
 def cnn():
@@ -40,18 +40,27 @@ def test_group_importance_is_the_sum_of_its_layers_structure_scores():
     torch.testing.assert_close(imp(group), want.float(), rtol=1e-5, atol=1e-8)
 
 
-def test_prune_to_flops_removes_channels_until_the_target():
+def test_prune_iteratively_removes_channels_until_the_target():
     model = cnn().eval()
     example = torch.randn(1, 1, 12, 12)
     base_flops, base_params = flops_and_params(model, example)
     imp = OBAImportance(loss_fn, batches())
-    history = prune_to_flops(model, example, imp, flops_ratio=0.5, before_step=imp.refresh,
+    history = prune_iteratively(model, example, imp, flops_ratio=0.5, before_step=imp.refresh,
                              ignored_layers=[model[11]])
     flops, params = flops_and_params(model, example)
     assert flops <= 0.5 * base_flops and params < base_params
     assert history[-1]["flops"] == pytest.approx(flops / base_flops)
     assert len(history) > 1  # re-scored and pruned in several steps
     assert model(torch.randn(3, 1, 12, 12)).shape == (3, 4) and model[11].out_features == 4
+
+
+def test_prune_iteratively_to_a_parameter_target():
+    model = cnn().eval()
+    example = torch.randn(1, 1, 12, 12)
+    _, base_params = flops_and_params(model, example)
+    imp = OBAImportance(loss_fn, batches(1))
+    prune_iteratively(model, example, imp, params_ratio=0.6, before_step=imp.refresh, ignored_layers=[model[11]])
+    assert flops_and_params(model, example)[1] <= 0.6 * base_params
 
 
 def test_importance_needs_refresh_and_valid_config():
@@ -66,4 +75,6 @@ def test_importance_needs_refresh_and_valid_config():
     with pytest.raises(ValueError, match="batches"):
         OBAImportance(loss_fn, [])
     with pytest.raises(ValueError, match="flops_ratio"):
-        prune_to_flops(model, torch.randn(1, 1, 12, 12), imp, flops_ratio=1.5)
+        prune_iteratively(model, torch.randn(1, 1, 12, 12), imp, flops_ratio=1.5)
+    with pytest.raises(ValueError, match="give flops_ratio"):
+        prune_iteratively(model, torch.randn(1, 1, 12, 12), imp)

@@ -95,6 +95,45 @@ def _layer_norm_tangent(m: nn.LayerNorm, x, dx, y):
     return jn if param_part is None else param_part + jn
 
 
+def _softmax_tangent(p: torch.Tensor, ds: torch.Tensor) -> torch.Tensor:
+    """The softmax JVP p * (s' - <p, s'>) along the last dim: never the n x n Jacobian."""
+    return p * (ds - (p * ds).sum(-1, keepdim=True))
+
+
+def _attention_tangent(m: nn.MultiheadAttention, args, dargs, kwargs):
+    """nn.MultiheadAttention (no masks, no dropout, equal q/k/v widths): value and tangent of
+    softmax(q k^T / sqrt(d)) v through the in/out projections (affine rule f(x + x'))."""
+    extra = {k: v for k, v in kwargs.items() if v is not None and not (k == "need_weights" and v is False)}
+    if extra or len(args) != 3 or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise Unsupported("nn.MultiheadAttention with masks, weights, kdim/vdim or extra biases")
+    if m.training and m.dropout > 0:
+        raise Unsupported("nn.MultiheadAttention with dropout in train mode")
+    e, h = m.embed_dim, m.num_heads
+    w = m.in_proj_weight.chunk(3)
+    b = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+
+    def heads(t):  # (B, T, E) -> (B, h, T, d)
+        return t.unflatten(-1, (h, e // h)).transpose(1, 2)
+
+    def merge(t):  # (B, h, T, d) -> (B, T, E)
+        return t.transpose(1, 2).flatten(2)
+
+    xs = [a if m.batch_first else a.transpose(0, 1) for a in args]
+    dxs = [None if d is None else (d if m.batch_first else d.transpose(0, 1)) for d in dargs]
+    proj = [F.linear(x, wi, bi) for x, wi, bi in zip(xs, w, b)]
+    dproj = [F.linear(x + dx, wi, bi) if dx is not None else pr for x, dx, wi, bi, pr in zip(xs, dxs, w, b, proj)]
+    (q, k, v), (dq, dk, dv) = [heads(t) for t in proj], [heads(t) for t in dproj]
+    scale = (e // h) ** -0.5
+    p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    dp = _softmax_tangent(p, (dq @ k.transpose(-1, -2) + q @ dk.transpose(-1, -2)) * scale)
+    o, do = merge(p @ v), merge(dp @ v + p @ dv)
+    out = m.out_proj(o)
+    dout = m.out_proj(o + do)
+    if not m.batch_first:
+        out, dout = out.transpose(0, 1), dout.transpose(0, 1)
+    return (out, None), (dout, None)
+
+
 class _TangentModel(nn.Module):
     """Runs the traced model on (value, tangent) pairs; returns z + eps * z', so that the caller's
     loss_fn sees the ordinary output at eps = 0 and dL/deps = grad_z L . z'."""
@@ -130,6 +169,8 @@ class _TangentModel(nn.Module):
                 for part in node.target.split("."):
                     obj = getattr(obj, part)
                 env[node] = (obj, obj if isinstance(obj, nn.Parameter) else None)
+            elif node.op == "call_module" and isinstance(modules[node.target], nn.MultiheadAttention):
+                env[node] = _attention_tangent(modules[node.target], val(node.args), tan(node.args), val(node.kwargs))
             elif node.op == "call_module":
                 env[node] = self._module(modules[node.target], val(node.args[0]), tan(node.args[0]), node)
             elif node.op in ("call_function", "call_method"):

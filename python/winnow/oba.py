@@ -14,7 +14,7 @@ instead of the activation; that is a bug and is not reproduced.
 
 Structures: `structure_scores` sums the scores per output channel / input channel / head, and
 `OBAImportance` plugs them into Torch-Pruning (group reduction, per-group normalisation, one
-global threshold), with `prune_to_flops` as the iterative re-score / prune schedule.
+global threshold), with `winnow.pruning.prune_iteratively` as the iterative re-score / prune schedule.
 """
 from collections.abc import Callable, Iterable
 

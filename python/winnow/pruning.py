@@ -6,7 +6,7 @@ FLOPs target).
     pruner = tp.pruner.BasePruner(model, example_inputs, importance=imp, global_pruning=True, ...)
     imp.refresh(model); pruner.step()
 
-or `prune_to_flops(model, example_inputs, imp, flops_ratio=0.5, before_step=imp.refresh)`.
+or `prune_iteratively(model, example_inputs, imp, flops_ratio=0.5, before_step=imp.refresh)`.
 """
 from collections.abc import Callable, Iterable
 
@@ -75,19 +75,28 @@ def flops_and_params(model: nn.Module, example_inputs) -> tuple[int, int]:
     return tp.utils.count_ops_and_params(model, example_inputs)
 
 
-def prune_to_flops(model: nn.Module, example_inputs, importance, flops_ratio: float, max_steps: int = 20,
-                   before_step: Callable[[nn.Module], None] | None = None, ignored_layers=None,
-                   max_pruning_ratio: float = 0.95) -> list[dict]:
+def prune_iteratively(model: nn.Module, example_inputs, importance, flops_ratio: float | None = None,
+                      params_ratio: float | None = None, max_steps: int = 20,
+                      before_step: Callable[[nn.Module], None] | None = None, ignored_layers=None,
+                      max_pruning_ratio: float = 0.95) -> list[dict]:
     """Prune `model` in place, a step at a time (global threshold over normalised group scores),
-    until its FLOPs are at most `flops_ratio` of what they were; the last step stops at the first
-    group that meets the target. `before_step(model)` runs before
-    every step (re-score: OBAImportance.refresh, or a backward pass for Taylor). Returns the
-    FLOPs / params after each step."""
-    if not 0 < flops_ratio < 1:
-        raise ValueError(f"flops_ratio must be in (0, 1), got {flops_ratio}")
+    until its FLOPs are at most `flops_ratio` and its parameters at most `params_ratio` of what
+    they were (give one or both); the last step stops at the first group that meets the target.
+    `before_step(model)` runs before every step (re-score: OBAImportance.refresh, or a backward
+    pass for Taylor). Returns the FLOPs / params fractions after each step."""
+    for name, r in (("flops_ratio", flops_ratio), ("params_ratio", params_ratio)):
+        if r is not None and not 0 < r < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {r}")
+    if flops_ratio is None and params_ratio is None:
+        raise ValueError("give flops_ratio, params_ratio or both")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     base_flops, base_params = flops_and_params(model, example_inputs)
+
+    def met(flops, params):
+        return (flops_ratio is None or flops <= flops_ratio * base_flops) and \
+            (params_ratio is None or params <= params_ratio * base_params)
+
     pruner = tp.pruner.BasePruner(model, example_inputs, importance=importance, global_pruning=True,
                                   pruning_ratio=max_pruning_ratio, iterative_steps=max_steps,
                                   ignored_layers=ignored_layers or [])
@@ -95,13 +104,12 @@ def prune_to_flops(model: nn.Module, example_inputs, importance, flops_ratio: fl
     for step in range(max_steps):
         if before_step is not None:
             before_step(model)
-        # group by group, so that the last step stops as soon as the target is met
-        for group in pruner.step(interactive=True):
+        for group in pruner.step(interactive=True):  # group by group: the last step stops at the target
             group.prune()
             flops, params = flops_and_params(model, example_inputs)
-            if flops <= flops_ratio * base_flops:
+            if met(flops, params):
                 break
         history.append({"step": step, "flops": flops / base_flops, "params": params / base_params})
-        if flops <= flops_ratio * base_flops:
+        if met(flops, params):
             break
     return history

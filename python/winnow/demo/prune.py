@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if any(not 0 < t < 1 for t in args.targets):
         ap.error("--targets must be fractions in (0, 1)")
 
-    from winnow.pruning import flops_and_params, prune_to_flops
+    from winnow.pruning import flops_and_params, prune_iteratively
 
     t0 = time.perf_counter()
     x, y = fashion.load("train")
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             t1 = time.perf_counter()
             pruned = copy.deepcopy(model).eval()
             imp, rescore = importance_and_rescore(method, score_batches)
-            prune_to_flops(pruned, example, imp, flops_ratio=target, before_step=rescore,
+            prune_iteratively(pruned, example, imp, flops_ratio=target, before_step=rescore,
                            ignored_layers=[pruned[-1]])
             flops, params = flops_and_params(pruned, example)
             after_prune = accuracy(pruned, xt, yt)
