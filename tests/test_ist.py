@@ -103,6 +103,19 @@ def test_suppression_identity_zero_and_exact_restore():
     assert torch.equal(out(model).detach(), base)
 
 
+def test_probes_restore_every_modules_own_mode():
+    """A pretrained model loads in eval mode inside a peft wrapper that is in train mode; a probe
+    must not switch the inner dropout on (model.train() on the wrapper would)."""
+    model = tiny_bert_lora()
+    model.train()
+    model.base_model.model.eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert any(modes.values()) and not all(modes.values())
+    ctl = ISTController(model, update_ratio=0.25, seed=0)
+    ctl.update_scores(lambda: out(model).pow(2).mean())
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
 def test_score_update_matches_the_formula_on_mocked_losses():
     model = tiny_bert_lora()
     ctl = ISTController(model, n_rollouts=3, score_lr=10.0, seed=3)

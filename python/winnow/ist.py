@@ -207,7 +207,9 @@ class ISTController:
         if not any(s.items for s in self.scalings):
             return  # full-parameter layers have no adapter to suppress: scores stay, sampling stays uniform
         p = torch.sigmoid(self.scores)
-        was_training = self.model.training
+        # Every module's own mode comes back: a pretrained model inside a freshly built wrapper
+        # is often eval inside, train outside, and model.train() would switch its dropout on.
+        modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         rewards, sets = [], []
         try:
@@ -219,7 +221,8 @@ class ISTController:
                 rewards.append(math.exp(-loss))
                 sets.append(chosen)
         finally:
-            self.model.train(was_training)
+            for m, mode in modes:
+                m.training = mode
         r = torch.tensor(rewards, dtype=torch.float64)
         adv = r - r.mean()
         delta = torch.zeros_like(self.scores)
