@@ -231,7 +231,26 @@ class Residual(nn.Module):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
+class TorchvisionStyleBlock(nn.Module):
+    """In-place ReLU and `out += identity`, as torchvision's ResNet blocks write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):
+        identity = x
+        out = self.bn(self.conv(x))
+        out += identity
+        out = self.relu(out)
+        return self.fc(torch.flatten(out, 1))
+
+
 FAST_CASES = {
+    "torchvision_style_block": (TorchvisionStyleBlock, (2, 3, 4, 4)),
     "cnn_eval_bn_maxpool": (cnn, (3, 2, 4, 4)),
     "residual_grouped_conv": (Residual, (2, 3, 4, 4)),
     "mlp_layernorm_gelu": (mlp, (7, 4)),

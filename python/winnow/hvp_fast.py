@@ -216,8 +216,10 @@ class _TangentModel(nn.Module):
             if len(args) > 1 or set(kwargs) - {"inplace", "approximate"}:
                 raise Unsupported(f"{fn.__name__} with extra arguments")
             return _activation(_ACT_FUNCTIONS[fn], None, fn, x, dx)
-        if node.op == "call_function" and fn in (operator.add, torch.add, operator.sub, torch.sub):
-            y = fn(*args, **kwargs)
+        if node.op == "call_function" and fn in (operator.add, operator.iadd, torch.add, operator.sub, torch.sub):
+            if kwargs:  # alpha=...
+                raise Unsupported(f"{fn.__name__} with keyword arguments")
+            y = fn(*args)
             ta = [d for d in dargs[:2]]
             if all(d is None for d in ta):
                 return y, None
