@@ -34,6 +34,8 @@ TORCH_LIBRARY(winnow, m) {
   // act_tangent family, for the fast H-theta path (csrc/include/winnow/act_tangent.h)
   m.def("act_tangent(Tensor z, Tensor dz, int kind) -> (Tensor y, Tensor dy)");
   m.def("act_tangent_backward(Tensor z, Tensor dz, Tensor gy, Tensor gdy, int kind) -> (Tensor gz, Tensor gdz)");
+  // OBA's score epilogue (csrc/include/winnow/oba_score.h)
+  m.def("oba_score_accumulate(Tensor[] thetas, Tensor[] h_thetas, Tensor(a!)[] scores) -> ()");
 }
 
 namespace py = pybind11;

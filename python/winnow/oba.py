@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from winnow import ops
 from winnow.hvp import ggn_vp, hvp_and_grad
 from winnow.hvp_fast import Unsupported, theta_hvp, trace
 
@@ -119,8 +120,7 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
         if graph is not None:
             try:
                 h_theta = theta_hvp(model, loss_fn, batch, first_order=first_order, graph=graph)
-                for n in names:
-                    totals[n] += theta[n].double() * h_theta[n].double()
+                _accumulate(names, theta, h_theta, totals)
                 continue
             except Unsupported:
                 if method == "fast":
@@ -133,13 +133,16 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
                 h_theta, grads = hvp_and_grad(model, loss_fn, batch, theta)
                 g_theta = ggn_vp(model, loss_fn, batch, theta)
             h_theta = {n: h_theta[n] - g_theta[n] for n in names}
-        for n in names:
-            t = theta[n].double()
-            s = t * h_theta[n].double()
-            if first_order:
-                s += t * grads[n].double()
-            totals[n] += s
+        _accumulate(names, theta, h_theta, totals)
+        if first_order:
+            _accumulate(names, theta, grads, totals)
     return {n: s / len(batches) for n, s in totals.items()}
+
+
+def _accumulate(names, theta, h, totals) -> None:
+    """totals += theta * h in float64, every parameter in one fused call (winnow.ops)."""
+    ops.oba_score_accumulate([theta[n] for n in names], [h[n].to(theta[n].dtype) for n in names],
+                             [totals[n] for n in names])
 
 
 def _out_view(module: nn.Module, w: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 __all__ = [
     "importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step", "rank_prune",
-    "masked_topk", "act_tangent", "ACT_KINDS",
+    "masked_topk", "act_tangent", "ACT_KINDS", "oba_score_accumulate",
 ]
 
 # act_tangent's `kind` (csrc/include/winnow/act_tangent.h holds the same table)
@@ -221,6 +221,13 @@ def masked_topk(scores: Sequence[Tensor], unmasked: Sequence[Tensor] | None, k: 
     return torch.ops.winnow.masked_topk(_tensor_list("scores", scores), masks, k)
 
 
+def oba_score_accumulate(thetas: Sequence[Tensor], h_thetas: Sequence[Tensor], scores: Sequence[Tensor]) -> None:
+    """scores[i] += thetas[i] * h_thetas[i] in float64, in place, for every tensor in one call
+    (OBA's per-parameter score epilogue; scores are float64 and contiguous)."""
+    torch.ops.winnow.oba_score_accumulate(_tensor_list("thetas", thetas), _tensor_list("h_thetas", h_thetas),
+                                          _tensor_list("scores", scores))
+
+
 def _act_kind(kind) -> int:
     if kind not in ACT_KINDS:
         raise ValueError(f"kind must be one of {sorted(ACT_KINDS)}, got {kind!r}")
@@ -330,3 +337,8 @@ def _act_tangent_backward_fake(z, dz, gy, gdy, kind):
     _one_device("act_tangent_backward", z=z, dz=dz, gy=gy, gdy=gdy)
     return torch.empty_like(z, memory_format=torch.contiguous_format), \
         torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("winnow::oba_score_accumulate")
+def _oba_score_accumulate_fake(thetas, h_thetas, scores):
+    _one_device("oba_score_accumulate", thetas=thetas, h_thetas=h_thetas, scores=scores)

@@ -159,3 +159,8 @@ def act_tangent_backward(z: Tensor, dz: Tensor, gy: Tensor, gdy: Tensor, kind: s
         y, dy = _act(kind, zz), d1 * dd
         gz, gdz = torch.autograd.grad((y, dy), (zz, dd), (gy.to(up), gdy.to(up)))
     return gz.to(z.dtype), gdz.to(z.dtype)
+
+
+def oba_score_accumulate(thetas, h_thetas, scores) -> None:
+    for t, h, s in zip(thetas, h_thetas, scores):
+        s += t.double() * h.double()
