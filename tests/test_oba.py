@@ -250,6 +250,7 @@ class TorchvisionStyleBlock(nn.Module):
 
 
 FAST_CASES = {
+    "cnn_train_mode_batchnorm": (cnn, (3, 2, 4, 4)),
     "torchvision_style_block": (TorchvisionStyleBlock, (2, 3, 4, 4)),
     "cnn_eval_bn_maxpool": (cnn, (3, 2, 4, 4)),
     "residual_grouped_conv": (Residual, (2, 3, 4, 4)),
@@ -269,7 +270,7 @@ FAST_CASES = {
 def test_fast_path_equals_double_backward_and_the_explicit_hessian(case, first_order):
     ctor, shape = FAST_CASES[case]
     torch.manual_seed(0)
-    model = ctor().double().eval()
+    model = ctor().double().train("train_mode" in case)
     for m in model.modules():  # non-trivial BatchNorm statistics
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -299,8 +300,9 @@ def test_fast_path_refuses_what_it_cannot_do_and_auto_falls_back():
     slow = parameter_scores(model, loss_fn, [batch], method="double_backward")
     for n in slow:
         torch.testing.assert_close(auto[n], slow[n], rtol=1e-12, atol=1e-12)
-    model, batch = make("cnn")  # BatchNorm in train mode: batch statistics, no rule
-    with pytest.raises(Unsupported, match="BatchNorm2d"):
+    model, batch = make("relu_mlp")
+    model[1] = nn.GELU(approximate="tanh")
+    with pytest.raises(Unsupported, match="GELU"):
         parameter_scores(model, loss_fn, [batch], method="fast")
     with pytest.raises(ValueError, match="method"):
         parameter_scores(model, loss_fn, [batch], method="forward")

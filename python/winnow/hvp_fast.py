@@ -134,6 +134,22 @@ def _attention_tangent(m: nn.MultiheadAttention, args, dargs, kwargs):
     return (out, None), (dout, None)
 
 
+def _batch_norm_tangent(m: nn.modules.batchnorm._BatchNorm, x, dx, y):
+    """BatchNorm on batch statistics: y' = y (the affine parameters' part) + gamma * J_norm(x) x',
+    the normalisation taken over every dim but the channel (dim 1)."""
+    param_part = y if m.affine else None
+    if dx is None:
+        return param_part
+    dims = [0] + list(range(2, x.dim()))
+    mu = x.mean(dims, keepdim=True)
+    s = torch.sqrt(x.var(dims, keepdim=True, unbiased=False) + m.eps)
+    n = (x - mu) / s
+    jn = (dx - dx.mean(dims, keepdim=True) - n * (n * dx).mean(dims, keepdim=True)) / s
+    if m.affine:
+        jn = jn * m.weight.view(1, -1, *([1] * (x.dim() - 2)))
+    return jn if param_part is None else param_part + jn
+
+
 class _TangentModel(nn.Module):
     """Runs the traced model on (value, tangent) pairs; returns z + eps * z', so that the caller's
     loss_fn sees the ordinary output at eps = 0 and dL/deps = grad_z L . z'."""
@@ -193,6 +209,9 @@ class _TangentModel(nn.Module):
         if isinstance(m, nn.LayerNorm):
             y = m(x)
             return y, _layer_norm_tangent(m, x, dx, y)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # batch statistics (train mode)
+            y = m(x)
+            return y, _batch_norm_tangent(m, x, dx, y)
         kind = _ACT_MODULES.get(type(m))
         if kind is not None:
             return _activation(kind, m, m, x, dx)
