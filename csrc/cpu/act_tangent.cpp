@@ -8,6 +8,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 
 namespace winnow::act {
@@ -15,57 +16,37 @@ namespace {
 
 constexpr int64_t kGrain = 16384;
 
-std::tuple<at::Tensor, at::Tensor> act_tangent_cpu(const at::Tensor& z, const at::Tensor& dz, int64_t kind) {
-  check("act_tangent", kind, {{"z", &z}, {"dz", &dz}});
-  const at::Tensor zc = z.contiguous(), dzc = dz.contiguous();
-  at::Tensor y = at::empty_like(zc), dy = at::empty_like(zc);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "act_tangent", [&] {
+// Both ops: Op<kind> per element over N same-shaped inputs, two outputs shaped like them.
+template <template <int> class Op, size_t N>
+std::tuple<at::Tensor, at::Tensor> run(const std::array<at::Tensor, N>& inputs, int64_t kind) {
+  std::array<at::Tensor, N> in;
+  for (size_t j = 0; j < N; ++j) in[j] = inputs[j].contiguous();
+  at::Tensor out0 = at::empty_like(in[0]), out1 = at::empty_like(in[0]);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in[0].scalar_type(), "act_tangent", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* zp = zc.const_data_ptr<scalar_t>();
-    const scalar_t* dzp = dzc.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    scalar_t* dyp = dy.data_ptr<scalar_t>();
+    Pointers<scalar_t, static_cast<int>(N)> p;
+    for (size_t j = 0; j < N; ++j) p.in[j] = in[j].template const_data_ptr<scalar_t>();
+    p.out[0] = out0.data_ptr<scalar_t>();
+    p.out[1] = out1.data_ptr<scalar_t>();
     WINNOW_DISPATCH_ACT(static_cast<int>(kind), [&] {
-      at::parallel_for(0, zc.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          opmath_t yv, dyv;
-          forward<K>(static_cast<opmath_t>(zp[i]), static_cast<opmath_t>(dzp[i]), yv, dyv);
-          yp[i] = static_cast<scalar_t>(yv);
-          dyp[i] = static_cast<scalar_t>(dyv);
-        }
+      at::parallel_for(0, in[0].numel(), kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) apply_at<Op, K, scalar_t, opmath_t, static_cast<int>(N)>(p, i);
       });
     });
   });
-  return {y, dy};
+  return {out0, out1};
+}
+
+std::tuple<at::Tensor, at::Tensor> act_tangent_cpu(const at::Tensor& z, const at::Tensor& dz, int64_t kind) {
+  check("act_tangent", kind, {{"z", &z}, {"dz", &dz}});
+  return run<Forward, 2>({z, dz}, kind);
 }
 
 std::tuple<at::Tensor, at::Tensor> act_tangent_backward_cpu(const at::Tensor& z, const at::Tensor& dz,
                                                             const at::Tensor& gy, const at::Tensor& gdy,
                                                             int64_t kind) {
   check("act_tangent_backward", kind, {{"z", &z}, {"dz", &dz}, {"gy", &gy}, {"gdy", &gdy}});
-  const at::Tensor zc = z.contiguous(), dzc = dz.contiguous(), gyc = gy.contiguous(), gdyc = gdy.contiguous();
-  at::Tensor gz = at::empty_like(zc), gdz = at::empty_like(zc);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "act_tangent_backward", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* zp = zc.const_data_ptr<scalar_t>();
-    const scalar_t* dzp = dzc.const_data_ptr<scalar_t>();
-    const scalar_t* gyp = gyc.const_data_ptr<scalar_t>();
-    const scalar_t* gdyp = gdyc.const_data_ptr<scalar_t>();
-    scalar_t* gzp = gz.data_ptr<scalar_t>();
-    scalar_t* gdzp = gdz.data_ptr<scalar_t>();
-    WINNOW_DISPATCH_ACT(static_cast<int>(kind), [&] {
-      at::parallel_for(0, zc.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          opmath_t gzv, gdzv;
-          backward<K>(static_cast<opmath_t>(zp[i]), static_cast<opmath_t>(dzp[i]), static_cast<opmath_t>(gyp[i]),
-                      static_cast<opmath_t>(gdyp[i]), gzv, gdzv);
-          gzp[i] = static_cast<scalar_t>(gzv);
-          gdzp[i] = static_cast<scalar_t>(gdzv);
-        }
-      });
-    });
-  });
-  return {gz, gdz};
+  return run<Backward, 4>({z, dz, gy, gdy}, kind);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // CUDA launcher of act_tangent / act_tangent_backward (math in winnow/act_tangent.h): one
-// grid-stride elementwise kernel each, on contiguous copies, in the dtype's op-math type.
+// grid-stride elementwise kernel, on contiguous copies, in the dtype's op-math type.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <tuple>
 
 #include "winnow/act_tangent.h"
@@ -26,72 +27,48 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(sms) * 8)));
 }
 
-template <int K, typename scalar_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ dz,
-                               scalar_t* __restrict__ y, scalar_t* __restrict__ dy, int64_t n) {
+template <template <int> class Op, int K, typename scalar_t, int N>
+__global__ void elementwise_kernel(Pointers<scalar_t, N> p, int64_t n) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    opmath_t yv, dyv;
-    forward<K>(static_cast<opmath_t>(z[i]), static_cast<opmath_t>(dz[i]), yv, dyv);
-    y[i] = static_cast<scalar_t>(yv);
-    dy[i] = static_cast<scalar_t>(dyv);
+    apply_at<Op, K, scalar_t, opmath_t, N>(p, i);
   }
 }
 
-template <int K, typename scalar_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ dz,
-                                const scalar_t* __restrict__ gy, const scalar_t* __restrict__ gdy,
-                                scalar_t* __restrict__ gz, scalar_t* __restrict__ gdz, int64_t n) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    opmath_t gzv, gdzv;
-    backward<K>(static_cast<opmath_t>(z[i]), static_cast<opmath_t>(dz[i]), static_cast<opmath_t>(gy[i]),
-                static_cast<opmath_t>(gdy[i]), gzv, gdzv);
-    gz[i] = static_cast<scalar_t>(gzv);
-    gdz[i] = static_cast<scalar_t>(gdzv);
-  }
+// Both ops: Op<kind> per element over N same-shaped inputs, two outputs shaped like them.
+template <template <int> class Op, size_t N>
+std::tuple<at::Tensor, at::Tensor> run(const std::array<at::Tensor, N>& inputs, int64_t kind) {
+  const c10::cuda::CUDAGuard guard(inputs[0].device());
+  std::array<at::Tensor, N> in;
+  for (size_t j = 0; j < N; ++j) in[j] = inputs[j].contiguous();
+  at::Tensor out0 = at::empty_like(in[0]), out1 = at::empty_like(in[0]);
+  const int64_t n = in[0].numel();
+  if (n == 0) return {out0, out1};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in[0].scalar_type(), "act_tangent", [&] {
+    Pointers<scalar_t, static_cast<int>(N)> p;
+    for (size_t j = 0; j < N; ++j) p.in[j] = in[j].template const_data_ptr<scalar_t>();
+    p.out[0] = out0.data_ptr<scalar_t>();
+    p.out[1] = out1.data_ptr<scalar_t>();
+    WINNOW_DISPATCH_ACT(static_cast<int>(kind), [&] {
+      elementwise_kernel<Op, K, scalar_t, static_cast<int>(N)><<<blocks_for(n), kThreads, 0, stream>>>(p, n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {out0, out1};
 }
 
 std::tuple<at::Tensor, at::Tensor> act_tangent_cuda(const at::Tensor& z, const at::Tensor& dz, int64_t kind) {
   check("act_tangent", kind, {{"z", &z}, {"dz", &dz}});
-  const c10::cuda::CUDAGuard guard(z.device());
-  const at::Tensor zc = z.contiguous(), dzc = dz.contiguous();
-  at::Tensor y = at::empty_like(zc), dy = at::empty_like(zc);
-  const int64_t n = zc.numel();
-  if (n == 0) return {y, dy};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "act_tangent", [&] {
-    WINNOW_DISPATCH_ACT(static_cast<int>(kind), [&] {
-      forward_kernel<K, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          zc.const_data_ptr<scalar_t>(), dzc.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-          dy.data_ptr<scalar_t>(), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {y, dy};
+  return run<Forward, 2>({z, dz}, kind);
 }
 
 std::tuple<at::Tensor, at::Tensor> act_tangent_backward_cuda(const at::Tensor& z, const at::Tensor& dz,
                                                              const at::Tensor& gy, const at::Tensor& gdy,
                                                              int64_t kind) {
   check("act_tangent_backward", kind, {{"z", &z}, {"dz", &dz}, {"gy", &gy}, {"gdy", &gdy}});
-  const c10::cuda::CUDAGuard guard(z.device());
-  const at::Tensor zc = z.contiguous(), dzc = dz.contiguous(), gyc = gy.contiguous(), gdyc = gdy.contiguous();
-  at::Tensor gz = at::empty_like(zc), gdz = at::empty_like(zc);
-  const int64_t n = zc.numel();
-  if (n == 0) return {gz, gdz};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "act_tangent_backward", [&] {
-    WINNOW_DISPATCH_ACT(static_cast<int>(kind), [&] {
-      backward_kernel<K, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          zc.const_data_ptr<scalar_t>(), dzc.const_data_ptr<scalar_t>(), gyc.const_data_ptr<scalar_t>(),
-          gdyc.const_data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(), gdz.data_ptr<scalar_t>(), n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {gz, gdz};
+  return run<Backward, 4>({z, dz, gy, gdy}, kind);
 }
 
 }  // namespace

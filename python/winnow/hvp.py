@@ -6,6 +6,7 @@ v the concatenation of `vectors`. The universal path is reverse-over-reverse (au
 backward): exact for every differentiable model, about 3x a gradient. `ggn_vp` gives the
 Gauss-Newton part J^T H_out J v, which OBA's curvature mode subtracts.
 """
+import contextlib
 from collections.abc import Callable, Mapping
 
 import torch
@@ -52,20 +53,17 @@ def _scalar_loss(loss) -> torch.Tensor:
     return loss.reshape(())
 
 
+@contextlib.contextmanager
 def _with_grad(params):
     """Temporarily requires_grad on the parameters being differentiated (frozen ones included)."""
-    class _Ctx:
-        def __enter__(self):
-            self.saved = [p.requires_grad for p in params]
-            for p in params:
-                p.requires_grad_(True)
-
-        def __exit__(self, *exc):
-            for p, r in zip(params, self.saved):
-                p.requires_grad_(r)
-            return False
-
-    return _Ctx()
+    saved = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
 
 
 def _zeros_for_none(tensors, like):

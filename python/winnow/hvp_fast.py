@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from winnow import ops
+from winnow.hvp import _scalar_loss, _with_grad, _zeros_for_none
 
 
 class Unsupported(Exception):
@@ -37,34 +38,14 @@ def _affine_in_params(module: nn.Module) -> bool:
 
 def _activation(kind: str, m: nn.Module | None, fn, x: torch.Tensor, dx: torch.Tensor | None):
     """(sigma(x), sigma'(x) x'): winnow's fused act_tangent kernel (value and tangent in one pass,
-    its backward with the curvature term in one more) where it has the activation."""
+    its backward with the curvature term in one more; the math lives in act_tangent.h)."""
+    if kind == "gelu" and m is not None and m.approximate != "none":
+        raise Unsupported("GELU(approximate='tanh')")
     if dx is None:
         return fn(x), None
-    if kind in ops.ACT_KINDS and (m is None or getattr(m, "approximate", "none") == "none"):
-        return ops.act_tangent(x, dx, kind)
-    return fn(x), _act_derivative(kind, x, m) * dx
-
-
-def _act_derivative(kind: str, z: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-    """sigma'(z), differentiable in z (its derivative is the activation's curvature term)."""
-    if kind == "relu":
-        return (z > 0).to(z.dtype)
-    if kind == "leaky_relu":
-        slope = module.negative_slope if module is not None else 0.01
-        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
-    if kind == "tanh":
-        return 1 - torch.tanh(z) ** 2
-    if kind == "sigmoid":
-        s = torch.sigmoid(z)
-        return s * (1 - s)
-    if kind == "silu":
-        s = torch.sigmoid(z)
-        return s * (1 + z * (1 - s))
-    if kind == "gelu":
-        if module is not None and module.approximate != "none":
-            raise Unsupported("GELU(approximate='tanh')")
-        return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
-    raise Unsupported(kind)
+    if kind == "leaky_relu":  # piecewise linear: sigma' is a constant per side, no curvature
+        return fn(x), torch.where(x > 0, dx, dx * m.negative_slope)
+    return ops.act_tangent(x, dx, kind)
 
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -292,21 +273,10 @@ def theta_hvp(model: nn.Module, loss_fn: Callable, batch, first_order: bool = Fa
     graph = graph if graph is not None else trace(model)
     named = list(model.named_parameters())
     params = [p for _, p in named]
-    saved = [p.requires_grad for p in params]
     eps = torch.zeros((), dtype=params[0].dtype, device=params[0].device, requires_grad=True)
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            loss = loss_fn(_TangentModel(model, graph, eps), batch)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError("loss_fn must return a scalar tensor")
-            if not torch.isfinite(loss.detach()).all():
-                raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()})")
-            (dloss,) = torch.autograd.grad(loss, eps, create_graph=True)
-            target = dloss if first_order else dloss - loss
-            out = torch.autograd.grad(target, params, allow_unused=True)
-    finally:
-        for p, r in zip(params, saved):
-            p.requires_grad_(r)
-    return {n: (torch.zeros_like(p) if o is None else o) for (n, p), o in zip(named, out)}
+    with _with_grad(params), torch.enable_grad():
+        loss = _scalar_loss(loss_fn(_TangentModel(model, graph, eps), batch))
+        (dloss,) = torch.autograd.grad(loss, eps, create_graph=True)
+        target = dloss if first_order else dloss - loss
+        out = torch.autograd.grad(target, params, allow_unused=True)
+    return dict(zip((n for n, _ in named), _zeros_for_none(out, params)))

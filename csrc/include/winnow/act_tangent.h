@@ -56,6 +56,39 @@ WINNOW_HD void backward(T z, T dz, T gy, T gdy, T& gz, T& gdz) {
   gdz = gdy * d.d1;
 }
 
+// The two ops as per-element functors over N inputs and 2 outputs, so that each backend has
+// one launcher for both: Forward reads (z, dz), Backward reads (z, dz, gy, gdy).
+template <int K>
+struct Forward {
+  static constexpr int kInputs = 2;
+  template <typename T>
+  WINNOW_HD static void apply(const T* in, T* out) { forward<K>(in[0], in[1], out[0], out[1]); }
+};
+
+template <int K>
+struct Backward {
+  static constexpr int kInputs = 4;
+  template <typename T>
+  WINNOW_HD static void apply(const T* in, T* out) { backward<K>(in[0], in[1], in[2], in[3], out[0], out[1]); }
+};
+
+// Raw pointers of one call, passed by value to a kernel.
+template <typename scalar_t, int N>
+struct Pointers {
+  const scalar_t* in[N];
+  scalar_t* out[2];
+};
+
+// One element: load N inputs in op-math precision, apply Op, store the two outputs.
+template <template <int> class Op, int K, typename scalar_t, typename opmath_t, int N>
+WINNOW_HD void apply_at(const Pointers<scalar_t, N>& p, int64_t i) {
+  opmath_t in[N], out[2];
+  for (int j = 0; j < N; ++j) in[j] = static_cast<opmath_t>(p.in[j][i]);
+  Op<K>::apply(in, out);
+  p.out[0][i] = static_cast<scalar_t>(out[0]);
+  p.out[1][i] = static_cast<scalar_t>(out[1]);
+}
+
 }  // namespace winnow::act
 
 // ---- host side: validation shared by both backends, and the kind dispatch ----
