@@ -1,6 +1,7 @@
 """OBA scoring cost: one full-curvature scoring pass (H theta and theta * H theta in float64) and
-the bare Hessian-vector products, as multiples of one gradient (forward + backward), on VGG19-
-and ResNet32-style CIFAR-size models (32 x 32 inputs, 10 classes), BatchNorm in eval mode.
+the bare Hessian-vector products, as multiples of one gradient (forward + backward), on VGG19-,
+ResNet32- and ViT-style CIFAR-size models (32 x 32 inputs, 10 classes), BatchNorm in eval mode.
+The ViT exercises the attention path (winnow's softmax_tangent kernel), LayerNorm and GELU.
 
 Contenders, timed side by side: winnow.oba.parameter_scores on the fast path (winnow.hvp_fast:
 reverse over a forward tangent) and on double backward (each with the float64 epilogue),
@@ -52,6 +53,36 @@ def resnet32(num_classes: int = 10) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
 
+class _Block(nn.Module):
+    """Pre-norm transformer block: attention and a GELU MLP, each with a residual add."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """ViT-Tiny-style: 4 x 4 patches (64 tokens), width 192, 3 heads, 4 blocks, mean pooling."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 192, depth: int = 4, heads: int = 3):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, 4)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, 64, dim))
+        self.blocks = nn.Sequential(*[_Block(dim, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
 def loss_fn(model, batch):
     return F.cross_entropy(model(batch[0]), batch[1])
 
@@ -63,7 +94,7 @@ def run(device: torch.device, batch_size: int = 64, rounds: int = 3) -> dict:
     from winnow.oba import parameter_scores
 
     rows = []
-    for name, ctor in (("VGG19", vgg19), ("ResNet32", resnet32)):
+    for name, ctor in (("VGG19", vgg19), ("ResNet32", resnet32), ("ViT", ViT)):
         torch.manual_seed(0)
         model = ctor().to(device).eval()
         batch = (torch.randn(batch_size, 3, 32, 32, device=device), torch.randint(0, 10, (batch_size,), device=device))

@@ -36,6 +36,10 @@ TORCH_LIBRARY(winnow, m) {
   m.def("act_tangent_backward(Tensor z, Tensor dz, Tensor gy, Tensor gdy, int kind) -> (Tensor gz, Tensor gdz)");
   // OBA's score epilogue (csrc/include/winnow/oba_score.h)
   m.def("oba_score_accumulate(Tensor[] thetas, Tensor[] h_thetas, Tensor(a!)[] scores) -> ()");
+  m.def("oba_channel_sums(Tensor scores, int groups) -> (Tensor rows, Tensor cols)");
+  // softmax_tangent family, attention in the fast H-theta path (csrc/include/winnow/softmax_tangent.h)
+  m.def("softmax_tangent(Tensor p, Tensor ds) -> Tensor");
+  m.def("softmax_tangent_backward(Tensor p, Tensor ds, Tensor g) -> (Tensor gp, Tensor gds)");
 }
 
 namespace py = pybind11;

@@ -249,7 +249,57 @@ class TorchvisionStyleBlock(nn.Module):
         return self.fc(torch.flatten(out, 1))
 
 
+class SDPANet(nn.Module):
+    """Hand-written heads through F.scaled_dot_product_attention: causal, with a boolean mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.out = nn.Linear(8, 3)
+        self.register_buffer("keep", torch.tensor([[True, True, False, True, True]] * 5))
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, scale=0.3)
+        c = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out((a + c).transpose(1, 2).flatten(2).mean(1))
+
+
+class MaskedMHA(nn.Module):
+    """nn.MultiheadAttention with a padding mask, a float attention mask, separate k/v widths
+    and its (averaged) attention weights used downstream."""
+
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, kdim=6, vdim=5)
+        self.head = nn.Linear(8 + 5, 3)
+        pad = torch.zeros(2, 5)
+        pad[0, 3] = float("-inf")
+        self.register_buffer("pad", pad)
+        self.register_buffer("bias", 0.2 * torch.randn(4, 5))
+
+    def forward(self, x):  # x: (B=2, L=4, 8), fed sequence-first; keys/values from slices of it
+        x = x.transpose(0, 1)
+        out, weights = self.mha(x, x[..., :6].repeat(2, 1, 1)[:5], x[..., :5].repeat(2, 1, 1)[:5],
+                                key_padding_mask=self.pad, attn_mask=self.bias)
+        return self.head(torch.cat([out.mean(0), weights.sum(1)], -1))
+
+
+class Constants(nn.Module):
+    """Numbers in arithmetic have no tangent (x + 0.5, 2 * x, x - 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(2.0 * torch.tanh(self.a(x) + 0.5) - 1.0)
+
+
 FAST_CASES = {
+    "constants_in_arithmetic": (Constants, (7, 4)),
+    "sdpa_masked_causal": (SDPANet, (2, 5, 8)),
+    "mha_masks_kdim_weights": (MaskedMHA, (2, 4, 8)),
     "cnn_train_mode_batchnorm": (cnn, (3, 2, 4, 4)),
     "torchvision_style_block": (TorchvisionStyleBlock, (2, 3, 4, 4)),
     "cnn_eval_bn_maxpool": (cnn, (3, 2, 4, 4)),
@@ -360,3 +410,54 @@ def test_score_epilogue_kernel_bad_input():
         ops.oba_score_accumulate([], [], [])
     with pytest.raises(ValueError, match="contiguous"):
         ops.oba_score_accumulate([torch.randn(3, 2)], [torch.randn(3, 2)], [torch.zeros(2, 3, dtype=torch.float64).t()])
+
+
+@pytest.mark.parametrize("shape,groups", [((1, 1), 1), ((7, 3), 1), ((4097, 2), 1), ((6, 4, 3, 3), 3),
+                                          ((8, 5, 7), 2), ((4, 0, 2), 2), ((0, 3), 1)])
+def test_channel_sums_kernel_matches_the_reference(device, shape, groups):
+    from winnow import ops, reference
+
+    s = torch.randn(shape, dtype=torch.float64, device=device)
+    rows, cols = ops.oba_channel_sums(s, groups)
+    want_rows, want_cols = reference.oba_channel_sums(s, groups)
+    torch.testing.assert_close(rows, want_rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cols, want_cols, rtol=1e-12, atol=1e-12)
+    assert cols.shape == (groups * shape[1],)
+    torch.library.opcheck(torch.ops.winnow.oba_channel_sums.default, (s, groups))
+    strided = torch.randn(shape[1], shape[0], dtype=torch.float64, device=device).t()  # a transposed view
+    if len(shape) == 2:
+        torch.testing.assert_close(ops.oba_channel_sums(strided, groups)[1],
+                                   reference.oba_channel_sums(strided.contiguous(), groups)[1])
+
+
+def test_channel_sums_kernel_bad_input():
+    from winnow import ops
+
+    with pytest.raises(TypeError, match="scores must be float64"):
+        ops.oba_channel_sums(torch.randn(3, 2), 1)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        ops.oba_channel_sums(torch.randn(3, dtype=torch.float64), 1)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        ops.oba_channel_sums(torch.randn(5, 2, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        ops.oba_channel_sums(torch.randn(4, 2, dtype=torch.float64), 0)
+    with pytest.raises(TypeError, match="groups must be an int"):
+        ops.oba_channel_sums(torch.randn(4, 2, dtype=torch.float64), 1.0)
+
+
+def test_transposed_conv_and_separate_kv_projection_sums():
+    deconv = nn.ConvTranspose2d(4, 6, 3, groups=2)  # weight (in=4, out/groups=3, 3, 3)
+    s = {"weight": torch.randn(4, 3, 3, 3, dtype=torch.float64), "bias": torch.randn(6, dtype=torch.float64)}
+    sums = structure_scores(deconv, s)[""]
+    # output channel 4 = column 1 of group 1, written from input channels 2..3
+    torch.testing.assert_close(sums["out"][4], s["weight"][2:4, 1].sum() + s["bias"][4])
+    torch.testing.assert_close(sums["in"][1], s["weight"][1].sum())
+    assert sums["out"].shape == (6,) and sums["in"].shape == (4,)
+    mha = nn.MultiheadAttention(8, 2, kdim=6, vdim=5)
+    s = {n: torch.randn(p.shape, dtype=torch.float64) for n, p in mha.named_parameters()}
+    heads = structure_scores(mha, s)[""]["heads"]
+    for h in range(2):
+        rows = slice(4 * h, 4 * h + 4)
+        want = sum(s[n][rows].sum() for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight"))
+        want = want + s["in_proj_bias"].reshape(3, 8)[:, rows].sum() + s["out_proj.weight"][:, rows].sum()
+        torch.testing.assert_close(heads[h], want)

@@ -1,9 +1,14 @@
-// CPU launcher of oba_score_accumulate (math in winnow/oba_score.h): one parallel pass per tensor.
+// CPU launchers of oba_score_accumulate (one parallel pass per tensor) and oba_channel_sums
+// (rows in parallel, then input-channel slots in parallel; each sum in a fixed order, so the
+// result is deterministic). Math and index map in winnow/oba_score.h.
 #include "winnow/oba_score.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
+
+#include <tuple>
 
 namespace winnow::oba {
 namespace {
@@ -23,8 +28,42 @@ void oba_score_accumulate_cpu(at::TensorList thetas, at::TensorList h_thetas, at
   }
 }
 
+std::tuple<at::Tensor, at::Tensor> oba_channel_sums_cpu(const at::Tensor& scores_in, int64_t groups) {
+  check_channel_sums(scores_in, groups);
+  const at::Tensor scores = scores_in.contiguous();
+  const ChannelShape shape = channel_shape(scores);
+  const int64_t a_n = shape.a, b_n = shape.b, k_n = shape.k;
+  const int64_t per_group = a_n / groups;
+  at::Tensor rows = at::zeros({a_n}, scores.options()), cols = at::zeros({groups * b_n}, scores.options());
+  if (scores.numel() == 0) return {rows, cols};
+  const double* s = scores.const_data_ptr<double>();
+  double* r = rows.data_ptr<double>();
+  double* c = cols.data_ptr<double>();
+  at::parallel_for(0, a_n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t a = begin; a < end; ++a) {
+      double total = 0;
+      for (int64_t i = 0; i < b_n * k_n; ++i) total += s[a * b_n * k_n + i];
+      r[a] = total;
+    }
+  });
+  at::parallel_for(0, groups * b_n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t slot = begin; slot < end; ++slot) {
+      const int64_t g = slot / b_n, b = slot % b_n;
+      double total = 0;
+      for (int64_t a = g * per_group; a < (g + 1) * per_group; ++a) {
+        for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
+      }
+      c[col_slot(g * per_group, b, per_group, b_n)] = total;
+    }
+  });
+  return {rows, cols};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(winnow, CPU, m) { m.impl("oba_score_accumulate", &oba_score_accumulate_cpu); }
+TORCH_LIBRARY_IMPL(winnow, CPU, m) {
+  m.impl("oba_score_accumulate", &oba_score_accumulate_cpu);
+  m.impl("oba_channel_sums", &oba_channel_sums_cpu);
+}
 
 }  // namespace winnow::oba

@@ -10,7 +10,9 @@ alone. Then, exactly, grad_theta L' = H theta + g, so H theta = grad_theta (L' -
 backward pass over a graph twice the batch, about 2x a gradient (double backward costs ~3x).
 
 Models are read with torch.fx; a module or function without a rule here raises Unsupported and
-the caller falls back to double backward.
+the caller falls back to double backward. Attention (nn.MultiheadAttention and
+F.scaled_dot_product_attention, masks included) carries the softmax's tangent through winnow's
+fused softmax_tangent kernel, without the n x n Jacobian.
 """
 import operator
 from collections.abc import Callable
@@ -56,7 +58,8 @@ _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.tanh: "tanh", torch.
 _LINEAR_MODULES = (nn.Flatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Dropout)
 _LINEAR_FUNCTIONS = {torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, torch.cat, operator.getitem}
-_LINEAR_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "mean", "sum", "squeeze",
+_LINEAR_METHODS = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous", "mean", "sum",
+                   "squeeze", "repeat", "expand", "chunk", "split", "unbind", "movedim",
                    "unsqueeze"}
 
 
@@ -76,21 +79,73 @@ def _layer_norm_tangent(m: nn.LayerNorm, x, dx, y):
     return jn if param_part is None else param_part + jn
 
 
-def _softmax_tangent(p: torch.Tensor, ds: torch.Tensor) -> torch.Tensor:
-    """The softmax JVP p * (s' - <p, s'>) along the last dim: never the n x n Jacobian."""
-    return p * (ds - (p * ds).sum(-1, keepdim=True))
+def _additive_mask(mask: torch.Tensor | None, true_means_keep: bool, dtype) -> torch.Tensor | None:
+    """A boolean or additive attention mask as an additive float mask (-inf where masked out)."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    blocked = ~mask if true_means_keep else mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(blocked, float("-inf"))
 
 
-def _attention_tangent(m: nn.MultiheadAttention, args, dargs, kwargs):
-    """nn.MultiheadAttention (no masks, no dropout, equal q/k/v widths): value and tangent of
-    softmax(q k^T / sqrt(d)) v through the in/out projections (affine rule f(x + x'))."""
-    extra = {k: v for k, v in kwargs.items() if v is not None and not (k == "need_weights" and v is False)}
-    if extra or len(args) != 3 or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise Unsupported("nn.MultiheadAttention with masks, weights, kdim/vdim or extra biases")
+def _attention_core(q, k, v, dq, dk, dv, mask, scale):
+    """Value and tangent of softmax(q k^T scale + mask) v over (..., L, d) heads. The softmax's
+    tangent is winnow's fused softmax_tangent kernel, p * (s' - <p, s'>): never the n x n
+    Jacobian. A tangent of None means zero; the mask is a constant. Returns (o, o', p, p')."""
+    s = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        s = s + mask
+    p = torch.softmax(s, dim=-1)
+    parts = [dq @ k.transpose(-1, -2) if dq is not None else None, q @ dk.transpose(-1, -2) if dk is not None else None]
+    parts = [t for t in parts if t is not None]
+    dp = ops.softmax_tangent(p, sum(parts) * scale) if parts else None
+    o = p @ v
+    do = [t for t in (dp @ v if dp is not None else None, p @ dv if dv is not None else None) if t is not None]
+    return o, (sum(do) if do else None), p, dp
+
+
+def _sdpa_tangent(args, dargs, kwargs, dkwargs):
+    """F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale) without
+    dropout: boolean (True = attend) or additive masks, causal masking, a custom scale."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = dict(zip(names, args))
+    if set(kwargs) - set(names):
+        raise Unsupported(f"scaled_dot_product_attention with {sorted(set(kwargs) - set(names))}")
+    bound.update(kwargs)
+    if bound.get("dropout_p", 0.0) or bound.get("enable_gqa", False):
+        raise Unsupported("scaled_dot_product_attention with dropout or enable_gqa")
+    q, k, v = bound["query"], bound["key"], bound["value"]
+    dq, dk, dv = dargs[:3] if len(dargs) >= 3 else (None, None, None)
+    if any(isinstance(d, torch.Tensor) for d in (*dargs[3:], *dkwargs.values())):
+        raise Unsupported("scaled_dot_product_attention with a mask that depends on the parameters")
+    mask = _additive_mask(bound.get("attn_mask"), True, q.dtype)
+    if bound.get("is_causal", False):
+        length, source = q.shape[-2], k.shape[-2]
+        causal = torch.ones(length, source, dtype=torch.bool, device=q.device).tril()
+        mask = _additive_mask(causal, True, q.dtype) if mask is None else mask + _additive_mask(causal, True, q.dtype)
+    scale = bound.get("scale") or q.shape[-1] ** -0.5
+    o, do, _, _ = _attention_core(q, k, v, dq, dk, dv, mask, scale)
+    return o, do
+
+
+def _attention_tangent(m: nn.MultiheadAttention, args, dargs, kwargs, dkwargs):
+    """nn.MultiheadAttention without dropout or extra k/v biases: value and tangent of the
+    attention through the in/out projections (affine rule f(x + x')), masks included."""
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+             "is_causal")
+    bound = {"need_weights": True, "average_attn_weights": True, **dict(zip(names, args)), **kwargs}
+    if set(bound) - set(names) or len(args) < 3:
+        raise Unsupported("nn.MultiheadAttention called with unknown arguments")
+    if m.bias_k is not None or m.add_zero_attn:
+        raise Unsupported("nn.MultiheadAttention with add_bias_kv or add_zero_attn")
     if m.training and m.dropout > 0:
         raise Unsupported("nn.MultiheadAttention with dropout in train mode")
+    if any(isinstance(d, torch.Tensor) for d in (*dargs[3:], *dkwargs.values())):
+        raise Unsupported("nn.MultiheadAttention with a mask that depends on the parameters")
     e, h = m.embed_dim, m.num_heads
-    w = m.in_proj_weight.chunk(3)
+    if m._qkv_same_embed_dim:
+        w = m.in_proj_weight.chunk(3)
+    else:
+        w = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
     b = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
 
     def heads(t):  # (B, T, E) -> (B, h, T, d)
@@ -99,20 +154,29 @@ def _attention_tangent(m: nn.MultiheadAttention, args, dargs, kwargs):
     def merge(t):  # (B, h, T, d) -> (B, T, E)
         return t.transpose(1, 2).flatten(2)
 
-    xs = [a if m.batch_first else a.transpose(0, 1) for a in args]
-    dxs = [None if d is None else (d if m.batch_first else d.transpose(0, 1)) for d in dargs]
+    xs = [a if m.batch_first else a.transpose(0, 1) for a in args[:3]]
+    dxs = [None if d is None else (d if m.batch_first else d.transpose(0, 1)) for d in dargs[:3]]
     proj = [F.linear(x, wi, bi) for x, wi, bi in zip(xs, w, b)]
+    # the parameters move along themselves, so every projection has a tangent: f(x + x') or f(x)
     dproj = [F.linear(x + dx, wi, bi) if dx is not None else pr for x, dx, wi, bi, pr in zip(xs, dxs, w, b, proj)]
     (q, k, v), (dq, dk, dv) = [heads(t) for t in proj], [heads(t) for t in dproj]
-    scale = (e // h) ** -0.5
-    p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
-    dp = _softmax_tangent(p, (dq @ k.transpose(-1, -2) + q @ dk.transpose(-1, -2)) * scale)
-    o, do = merge(p @ v), merge(dp @ v + p @ dv)
-    out = m.out_proj(o)
-    dout = m.out_proj(o + do)
+    mask = _additive_mask(bound.get("attn_mask"), False, q.dtype)
+    if mask is not None and mask.dim() == 3:  # (B * h, L, S)
+        mask = mask.view(q.shape[0], h, *mask.shape[1:])
+    padding = _additive_mask(bound.get("key_padding_mask"), False, q.dtype)
+    if padding is not None:  # (B, S)
+        padding = padding[:, None, None, :]
+        mask = padding if mask is None else mask + padding
+    o, do, p, dp = _attention_core(q, k, v, dq, dk, dv, mask, (e // h) ** -0.5)
+    o, do = merge(o), merge(do)
+    out, dout = m.out_proj(o), m.out_proj(o + do)
     if not m.batch_first:
         out, dout = out.transpose(0, 1), dout.transpose(0, 1)
-    return (out, None), (dout, None)
+    if not bound["need_weights"]:
+        return (out, None), (dout, None)
+    if bound["average_attn_weights"]:
+        p, dp = p.mean(1), dp.mean(1)
+    return (out, p), (dout, dp)
 
 
 def _batch_norm_tangent(m: nn.modules.batchnorm._BatchNorm, x, dx, y):
@@ -155,8 +219,14 @@ class _TangentModel(nn.Module):
         def val(a):
             return fx.node.map_arg(a, lambda n: env[n][0])
 
-        def tan(a):
-            return fx.node.map_arg(a, lambda n: env[n][1])
+        def tan(a):  # constants (numbers, slices, dims) have no tangent: None, not themselves
+            if isinstance(a, fx.Node):
+                return env[a][1]
+            if isinstance(a, (tuple, list)):
+                return type(a)(tan(x) for x in a)
+            if isinstance(a, dict):
+                return {k: tan(x) for k, x in a.items()}
+            return None
 
         for node in self.graph.graph.nodes:
             if node.op == "placeholder":
@@ -167,11 +237,12 @@ class _TangentModel(nn.Module):
                     obj = getattr(obj, part)
                 env[node] = (obj, obj if isinstance(obj, nn.Parameter) else None)
             elif node.op == "call_module" and isinstance(modules[node.target], nn.MultiheadAttention):
-                env[node] = _attention_tangent(modules[node.target], val(node.args), tan(node.args), val(node.kwargs))
+                env[node] = _attention_tangent(modules[node.target], val(node.args), tan(node.args), val(node.kwargs),
+                                               tan(node.kwargs))
             elif node.op == "call_module":
                 env[node] = self._module(modules[node.target], val(node.args[0]), tan(node.args[0]), node)
             elif node.op in ("call_function", "call_method"):
-                env[node] = self._function(node, val(node.args), tan(node.args), val(node.kwargs))
+                env[node] = self._function(node, val(node.args), tan(node.args), val(node.kwargs), tan(node.kwargs))
             elif node.op == "output":
                 out = node.args[0]
                 if not isinstance(out, fx.Node):
@@ -207,8 +278,10 @@ class _TangentModel(nn.Module):
             return m(x), (None if dx is None else m(dx))
         raise Unsupported(type(m).__name__)
 
-    def _function(self, node, args, dargs, kwargs):
+    def _function(self, node, args, dargs, kwargs, dkwargs):
         fn = node.target
+        if node.op == "call_function" and fn is F.scaled_dot_product_attention:
+            return _sdpa_tangent(args, dargs, kwargs, dkwargs)
         if node.op == "call_function" and fn in _ACT_FUNCTIONS:
             x, dx = args[0], dargs[0]
             if fn is F.gelu and kwargs.get("approximate", "none") != "none":

@@ -145,27 +145,14 @@ def _accumulate(names, theta, h, totals) -> None:
                              [totals[n] for n in names])
 
 
-def _out_view(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    """Weight-shaped scores as (output channel, rest)."""
-    if getattr(module, "transposed", False):
-        w = w.transpose(0, 1)
-    return w.flatten(1)
-
-
-def _in_view(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    """Weight-shaped scores as (input channel, rest); grouped convs repeat per group as their
-    input channels do."""
-    if getattr(module, "transposed", False):
-        v = w.flatten(1)
-    else:
-        v = w.transpose(0, 1).flatten(1)
-    groups = getattr(module, "groups", 1)
-    if groups > 1 and not getattr(module, "transposed", False):
-        # (in/groups, out*k) -> per input channel of each group: the group's output slice only
-        out_per_group = w.shape[0] // groups
-        per = w.transpose(0, 1).reshape(w.shape[1], groups, out_per_group, -1)
-        v = per.flatten(2).permute(1, 0, 2).reshape(groups * w.shape[1], -1)
-    return v
+def _channel_sums(module: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per output channel, per input channel) sums of weight-shaped scores, one fused read
+    (winnow.ops.oba_channel_sums). Grouped convs: each group's input channels are its own.
+    Transposed convs store (in, out / groups, ...), so their rows are the input channels."""
+    if w.dim() == 1:
+        raise ValueError(f"structure_scores: a {type(module).__name__} weight score must be at least 2-d")
+    rows, cols = ops.oba_channel_sums(w.contiguous(), getattr(module, "groups", 1))
+    return (cols, rows) if getattr(module, "transposed", False) else (rows, cols)
 
 
 def structure_scores(model: nn.Module, scores: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -180,29 +167,28 @@ def structure_scores(model: nn.Module, scores: dict[str, torch.Tensor]) -> dict[
         if isinstance(m, nn.MultiheadAttention):
             result[mname] = {"heads": _head_sums(m, scores, prefix)}
         elif isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and w is not None:
-            out = _out_view(m, w).sum(1)
-            if b is not None:
-                out = out + b
-            result[mname] = {"out": out, "in": _in_view(m, w).sum(1)}
+            out, inp = _channel_sums(m, w)
+            result[mname] = {"out": out + b if b is not None else out, "in": inp}
         elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and w is not None:
             result[mname] = {"out": (w + b if b is not None else w).flatten()}
     return result
 
 
 def _head_sums(m: nn.MultiheadAttention, scores, prefix: str) -> torch.Tensor:
-    if not m._qkv_same_embed_dim:
-        raise ValueError("structure_scores: nn.MultiheadAttention with kdim/vdim != embed_dim is not supported")
+    """Per head: its q/k/v projection rows (and their biases) and its out_proj input columns."""
     h, d = m.num_heads, m.head_dim
-    total = torch.zeros(h, dtype=torch.float64, device=m.in_proj_weight.device)
-    w = scores.get(prefix + "in_proj_weight")
-    if w is not None:  # rows: [q heads | k heads | v heads], each head d rows
-        total += w.reshape(3, h, d, -1).sum(dim=(0, 2, 3))
+    total = torch.zeros(h, dtype=torch.float64, device=m.out_proj.weight.device)
+    names = ["in_proj_weight"] if m._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+    for name in names:
+        w = scores.get(prefix + name)
+        if w is not None:  # rows: [q heads | k heads | v heads] (or one of them), d rows a head
+            total += ops.oba_channel_sums(w.contiguous())[0].reshape(-1, h, d).sum(dim=(0, 2))
     b = scores.get(prefix + "in_proj_bias")
     if b is not None:
         total += b.reshape(3, h, d).sum(dim=(0, 2))
     wo = scores.get(prefix + "out_proj.weight")
     if wo is not None:  # columns grouped by head
-        total += wo.reshape(wo.shape[0], h, d).sum(dim=(0, 2))
+        total += ops.oba_channel_sums(wo.contiguous())[1].reshape(h, d).sum(1)
     return total
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 __all__ = [
     "importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step", "rank_prune",
-    "masked_topk", "act_tangent", "ACT_KINDS", "oba_score_accumulate",
+    "masked_topk", "act_tangent", "ACT_KINDS", "oba_score_accumulate", "oba_channel_sums", "softmax_tangent",
 ]
 
 # act_tangent's `kind` (csrc/include/winnow/act_tangent.h holds the same table)
@@ -228,6 +228,38 @@ def oba_score_accumulate(thetas: Sequence[Tensor], h_thetas: Sequence[Tensor], s
                                           _tensor_list("scores", scores))
 
 
+def oba_channel_sums(scores: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of a weight's float64 scores viewed as (dim 0, dim 1, rest): rows[a] sums
+    row a; cols has groups * size(1) entries, the sum over each group's rows of its columns (a
+    grouped conv's per-input-channel sums). One read of the scores."""
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"scores must be a tensor, got {type(scores).__name__}")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    return torch.ops.winnow.oba_channel_sums(scores, groups)
+
+
+def softmax_tangent(p: Tensor, ds: Tensor) -> Tensor:
+    """The softmax's forward tangent along the last dim, p * (ds - <p, ds>), from its output p
+    and its input's tangent ds, without the n x n Jacobian. Differentiable (fused backward)."""
+    if not isinstance(p, Tensor) or not isinstance(ds, Tensor):
+        raise TypeError(f"p and ds must be tensors, got {type(p).__name__} and {type(ds).__name__}")
+    return torch.ops.winnow.softmax_tangent(p, ds)
+
+
+def _softmax_tangent_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _softmax_tangent_backward(ctx, g):
+    p, ds = ctx.saved_tensors
+    return torch.ops.winnow.softmax_tangent_backward(p, ds, g)
+
+
+torch.library.register_autograd("winnow::softmax_tangent", _softmax_tangent_backward,
+                                setup_context=_softmax_tangent_setup)
+
+
 def _act_kind(kind) -> int:
     if kind not in ACT_KINDS:
         raise ValueError(f"kind must be one of {sorted(ACT_KINDS)}, got {kind!r}")
@@ -342,3 +374,23 @@ def _act_tangent_backward_fake(z, dz, gy, gdy, kind):
 @torch.library.register_fake("winnow::oba_score_accumulate")
 def _oba_score_accumulate_fake(thetas, h_thetas, scores):
     _one_device("oba_score_accumulate", thetas=thetas, h_thetas=h_thetas, scores=scores)
+
+
+@torch.library.register_fake("winnow::oba_channel_sums")
+def _oba_channel_sums_fake(scores, groups):
+    if scores.dim() < 2:
+        raise ValueError(f"oba_channel_sums: scores must have at least 2 dims, got shape {tuple(scores.shape)}")
+    return scores.new_empty((scores.shape[0],)), scores.new_empty((groups * scores.shape[1],))
+
+
+@torch.library.register_fake("winnow::softmax_tangent")
+def _softmax_tangent_fake(p, ds):
+    _one_device("softmax_tangent", p=p, ds=ds)
+    return torch.empty_like(p, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("winnow::softmax_tangent_backward")
+def _softmax_tangent_backward_fake(p, ds, g):
+    _one_device("softmax_tangent_backward", p=p, ds=ds, g=g)
+    return torch.empty_like(p, memory_format=torch.contiguous_format), \
+        torch.empty_like(p, memory_format=torch.contiguous_format)

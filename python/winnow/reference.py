@@ -3,6 +3,8 @@
 Each function has the signature and in-place semantics of the op of the same name in
 winnow.ops, written with plain tensor operations and no attempt at speed.
 """
+import math
+
 import torch
 from torch import Tensor
 
@@ -164,3 +166,29 @@ def act_tangent_backward(z: Tensor, dz: Tensor, gy: Tensor, gdy: Tensor, kind: s
 def oba_score_accumulate(thetas, h_thetas, scores) -> None:
     for t, h, s in zip(thetas, h_thetas, scores):
         s += t.double() * h.double()
+
+
+def oba_channel_sums(scores: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+    """Row sums, and per-group column sums laid out group after group."""
+    a, b = scores.shape[:2]
+    s = scores.reshape(a, b, math.prod(scores.shape[2:])).sum(2)
+    return s.sum(1), s.reshape(groups, a // groups, b).sum(1).flatten()
+
+
+def softmax_tangent(p: Tensor, ds: Tensor) -> Tensor:
+    """The JVP of softmax at its input s (p = softmax(s)) along ds, by torch's forward-mode AD:
+    p's logits are log p up to a per-row constant, which softmax ignores."""
+    up = torch.promote_types(p.dtype, torch.float32)
+    _, dp = torch.func.jvp(lambda s: torch.softmax(s, -1), (p.to(up).log(),), (ds.to(up),))
+    return dp.to(p.dtype)
+
+
+def softmax_tangent_backward(p: Tensor, ds: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """The vector-Jacobian product of p * (ds - <p, ds>) in (p, ds), by autograd."""
+    up = torch.promote_types(p.dtype, torch.float32)
+    pp = p.to(up).detach().requires_grad_(True)
+    dd = ds.to(up).detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = pp * (dd - (pp * dd).sum(-1, keepdim=True))
+        gp, gds = torch.autograd.grad(out, (pp, dd), g.to(up))
+    return gp.to(p.dtype), gds.to(p.dtype)

@@ -1,0 +1,84 @@
+// CPU launcher of softmax_tangent / softmax_tangent_backward (math in winnow/softmax_tangent.h):
+// rows in parallel; per row, the dot products in op-math precision, then one elementwise pass.
+#include "winnow/softmax_tangent.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace winnow::softmax {
+namespace {
+
+// Rows of the last dim per parallel task: about 16k elements.
+int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)); }
+
+at::Tensor softmax_tangent_cpu(const at::Tensor& p_in, const at::Tensor& ds_in) {
+  check("softmax_tangent", {{"p", &p_in}, {"ds", &ds_in}});
+  const at::Tensor p = p_in.contiguous(), ds = ds_in.contiguous();
+  at::Tensor dp = at::empty_like(p);
+  const int64_t n = p.size(-1);
+  if (p.numel() == 0) return dp;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "softmax_tangent", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* pp = p.const_data_ptr<scalar_t>();
+    const scalar_t* dd = ds.const_data_ptr<scalar_t>();
+    scalar_t* out = dp.data_ptr<scalar_t>();
+    at::parallel_for(0, p.numel() / n, row_grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t *pr = pp + r * n, *dr = dd + r * n;
+        opmath_t c = 0;
+        for (int64_t i = 0; i < n; ++i) c += dot_term<opmath_t>(pr[i], dr[i]);
+        for (int64_t i = 0; i < n; ++i) out[r * n + i] = static_cast<scalar_t>(forward_at<opmath_t>(pr[i], dr[i], c));
+      }
+    });
+  });
+  return dp;
+}
+
+std::tuple<at::Tensor, at::Tensor> softmax_tangent_backward_cpu(const at::Tensor& p_in, const at::Tensor& ds_in,
+                                                                const at::Tensor& g_in) {
+  check("softmax_tangent_backward", {{"p", &p_in}, {"ds", &ds_in}, {"g", &g_in}});
+  const at::Tensor p = p_in.contiguous(), ds = ds_in.contiguous(), g = g_in.contiguous();
+  at::Tensor gp = at::empty_like(p), gds = at::empty_like(p);
+  const int64_t n = p.size(-1);
+  if (p.numel() == 0) return {gp, gds};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "softmax_tangent_backward", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* pp = p.const_data_ptr<scalar_t>();
+    const scalar_t* dd = ds.const_data_ptr<scalar_t>();
+    const scalar_t* gg = g.const_data_ptr<scalar_t>();
+    scalar_t* out_p = gp.data_ptr<scalar_t>();
+    scalar_t* out_ds = gds.data_ptr<scalar_t>();
+    at::parallel_for(0, p.numel() / n, row_grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t o = r * n;
+        opmath_t c = 0, a = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          c += dot_term<opmath_t>(pp[o + i], dd[o + i]);
+          a += dot_term<opmath_t>(gg[o + i], pp[o + i]);
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          opmath_t x, y;
+          backward_at<opmath_t>(pp[o + i], dd[o + i], gg[o + i], c, a, x, y);
+          out_p[o + i] = static_cast<scalar_t>(x);
+          out_ds[o + i] = static_cast<scalar_t>(y);
+        }
+      }
+    });
+  });
+  return {gp, gds};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(winnow, CPU, m) {
+  m.impl("softmax_tangent", &softmax_tangent_cpu);
+  m.impl("softmax_tangent_backward", &softmax_tangent_backward_cpu);
+}
+
+}  // namespace winnow::softmax

@@ -1,0 +1,75 @@
+"""softmax_tangent / softmax_tangent_backward against the reference (forward-mode AD through
+torch.softmax, autograd through the formula) on fresh random rows of odd lengths; opcheck;
+gradcheck; bad input."""
+import pytest
+import torch
+
+from winnow import ops, reference
+
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2)}
+
+
+def rows(shape, dtype, device):
+    p = torch.softmax(3 * torch.randn(shape, dtype=torch.float64), -1).to(dtype).to(device)
+    ds, g = (torch.randn(shape, dtype=torch.float64).to(dtype).to(device) for _ in range(2))
+    return p, ds, g
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1,), (7,), (4097,), (2, 3, 33), (5, 1)])
+def test_forward_and_backward_match_the_reference(device, dtype, shape):
+    p, ds, g = rows(shape, dtype, device)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(ops.softmax_tangent(p, ds), reference.softmax_tangent(p, ds), rtol=rtol, atol=atol)
+    got = torch.ops.winnow.softmax_tangent_backward(p, ds, g)
+    want = reference.softmax_tangent_backward(p, ds, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def test_masked_entries_stay_zero(device):
+    s = torch.randn(4, 9, dtype=torch.float64, device=device)
+    s[:, 2] = float("-inf")  # a masked key: p = 0 there, and so is its tangent
+    p = torch.softmax(s, -1)
+    dp = ops.softmax_tangent(p, torch.randn_like(p))
+    assert (dp[:, 2] == 0).all()
+    torch.testing.assert_close(dp.sum(-1), torch.zeros(4, dtype=torch.float64, device=device))
+
+
+def test_non_contiguous_and_empty_inputs(device):
+    p = torch.softmax(torch.randn(9, 6, device=device), 0).t()
+    ds = torch.randn(6, 9, device=device)
+    torch.testing.assert_close(ops.softmax_tangent(p, ds), reference.softmax_tangent(p.contiguous(), ds))
+    e = torch.empty(0, 3, device=device)
+    assert ops.softmax_tangent(e, e).shape == (0, 3)
+    z = torch.empty(3, 0, device=device)
+    assert ops.softmax_tangent(z, z).shape == (3, 0)
+
+
+def test_gradcheck():
+    p = torch.softmax(torch.randn(3, 11, dtype=torch.float64), -1).requires_grad_(True)
+    ds = torch.randn(3, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.softmax_tangent, (p, ds))
+
+
+def test_opcheck(device):
+    p, ds, g = rows((4, 7), torch.float32, device)
+    torch.library.opcheck(torch.ops.winnow.softmax_tangent.default,
+                          (p.requires_grad_(True), ds.requires_grad_(True)))
+    torch.library.opcheck(torch.ops.winnow.softmax_tangent_backward.default, (p.detach(), ds.detach(), g))
+
+
+def test_bad_input_names_the_argument():
+    p = torch.rand(4, 5)
+    with pytest.raises(ValueError, match="ds has shape"):
+        ops.softmax_tangent(p, torch.rand(4, 6))
+    with pytest.raises(TypeError, match="ds is Double"):
+        ops.softmax_tangent(p, p.double())
+    with pytest.raises(TypeError, match="p must be float"):
+        ops.softmax_tangent(torch.ones(4, 5, dtype=torch.int64), torch.ones(4, 5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="at least one dimension"):
+        ops.softmax_tangent(torch.tensor(0.5), torch.tensor(0.1))
+    with pytest.raises(ValueError, match="g has shape"):
+        torch.ops.winnow.softmax_tangent_backward(p, p, torch.rand(5))
+    with pytest.raises(TypeError, match="tensors"):
+        ops.softmax_tangent([0.5], p)
