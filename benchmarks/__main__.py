@@ -1,6 +1,8 @@
-"""Entry point: python -m benchmarks run <name> [--device cpu|cuda] [--quick]
+"""The microbenchmark suite: winnow bench [NAME ...] [--all] [--device cpu|cuda] [--quick]
+(also python -m benchmarks [run] NAME|all).
 
-Prints a table and writes benchmarks/results/<name>-<device>.json.
+Each benchmark prints its table and writes benchmarks/results/<name>-<device>.json; --all runs
+every one and writes the report (benchmarks/results/<device>.json, .md and plots).
 """
 import argparse
 import inspect
@@ -8,7 +10,7 @@ import sys
 
 import torch
 
-from benchmarks import adalora, harness, hvp, id3, importance, ist, masked_adamw
+from benchmarks import adalora, harness, hvp, id3, importance, ist, masked_adamw, report, sweep
 
 BENCHMARKS = {
     "importance": importance.run,
@@ -17,33 +19,48 @@ BENCHMARKS = {
     "id3": id3.run,
     "ist": ist.run,
     "hvp": hvp.run,
+    "sweep": sweep.run,
 }
+QUICK = {"total_elements": 1 << 16, "num_tensors": 8, "rounds": 3, "max_log4": 7, "batch_size": 4}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run one benchmark (or 'all')")
-    r.add_argument("name", choices=[*BENCHMARKS, "all"])
-    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available, and cpu)")
-    r.add_argument("--quick", action="store_true", help="a small size, for smoke tests")
+def main(argv=None, prog="python -m benchmarks") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # the older spelling: python -m benchmarks run NAME
+        argv = argv[1:]
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)}, all")
+    ap.add_argument("--all", action="store_true", help="run every benchmark and write the report")
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="default: cpu, and cuda when available")
+    ap.add_argument("--quick", action="store_true", help="small sizes, nothing written (a smoke test)")
     args = ap.parse_args(argv)
-
+    unknown = [n for n in args.names if n not in BENCHMARKS and n != "all"]
+    if unknown:
+        ap.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)}, all)")
+    everything = args.all or "all" in args.names
+    names = list(BENCHMARKS) if everything else args.names
+    if not names:
+        ap.error("name a benchmark or give --all")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    names = list(BENCHMARKS) if args.name == "all" else [args.name]
-    for name in names:
-        for dev in devices:
-            device = torch.device(dev)
+    for dev in devices:
+        device = torch.device(dev)
+        results = {}
+        for name in names:
             run = BENCHMARKS[name]
-            quick = {"total_elements": 1 << 16, "num_tensors": 8, "rounds": 3} if args.quick else {}
             accepted = inspect.signature(run).parameters
-            result = run(device, **{k: v for k, v in quick.items() if k in accepted})
+            result = run(device, **{k: v for k, v in QUICK.items() if k in accepted} if args.quick else {})
+            results[name] = result
             print(result["header"])
             print(result["table"])
             if not args.quick:
-                path = harness.write_result(name, device, result)
-                print(f"written {path}")
-            print()
+                print(f"written {harness.write_result(name, device, result)}")
+            print(flush=True)
+        if everything and not args.quick:
+            for path in report.write(device, results):
+                print(f"report: {path}")
     return 0
 
 

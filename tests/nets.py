@@ -13,3 +13,11 @@ class QKVNet(torch.nn.Module):
 
     def forward(self, x):
         return self.v(torch.tanh(self.q(x) * self.k(x)))
+
+
+def tiny_cnn(num_classes: int = 10) -> torch.nn.Module:
+    """A torchvision-style constructor (num_classes=...) for the CLI's --model module:callable."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))

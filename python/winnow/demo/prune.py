@@ -1,6 +1,8 @@
-"""OBA vs magnitude vs first-order Taylor structured pruning of a small CNN on Fashion-MNIST.
+"""OBA vs magnitude vs first-order Taylor structured pruning: by default a small CNN on Fashion-MNIST.
 
-python -m winnow.demo.prune [--targets 0.5 0.25 0.1] [--epochs 2] [--finetune-steps 150] [--plot PATH]
+winnow prune [--targets 0.5 0.25 0.1] [--epochs 2] [--finetune-steps 150] [--plot PATH] [--json PATH]
+             [--model module:callable] [--data IMAGE_FOLDER] [--image-size 32]
+(or python -m winnow.demo.prune)
 
 One CNN is trained, then for every FLOPs target and method a copy is pruned iteratively
 (re-score, remove channels through Torch-Pruning, repeat until the target) and fine-tuned with
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from winnow.demo import fashion
+from winnow import report
 from winnow.report import format_table
 
 
@@ -79,8 +82,46 @@ def importance_and_rescore(method: str, score_batches):
     raise ValueError(f"unknown method {method!r}")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m winnow.demo.prune", description=__doc__.split("\n")[0])
+def build_model(spec: str | None, in_channels: int, num_classes: int) -> nn.Module:
+    """The demo CNN, or `module:callable` (torchvision style: callable(num_classes=...))."""
+    if spec is None:
+        if in_channels != 1:
+            raise SystemExit("the default CNN takes 1-channel 28 x 28 images: give --model for other data")
+        return make_cnn()
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise SystemExit(f"--model must be module:callable (e.g. torchvision.models:resnet18), got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"--model {spec}: {e}") from e
+    model = fn(num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise SystemExit(f"--model {spec} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def final_layer(model: nn.Module) -> nn.Module:
+    """The classifier (the last Linear or Conv): its outputs are the classes, never pruned."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    if not layers:
+        raise SystemExit(f"{type(model).__name__} has no Linear or Conv layer to prune")
+    return layers[-1]
+
+
+def load_data(args):
+    if args.data is None:
+        return fashion.load("train"), fashion.load("t10k"), "Fashion-MNIST"
+    from winnow.demo import image_folder
+
+    train, test, classes = image_folder.load(args.data, size=args.image_size, seed=args.seed)
+    return train, test, f"{args.data} ({len(classes)} classes)"
+
+
+def main(argv=None, prog="python -m winnow.demo.prune") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
     methods = ["oba", "magnitude", "taylor", "oba-paper"]
     ap.add_argument("--methods", nargs="+", default=methods, choices=methods,
                     help="oba: full Hessian; oba-paper: the paper's curvature (H - Gauss-Newton)")
@@ -91,24 +132,31 @@ def main(argv=None) -> int:
     ap.add_argument("--score-batches", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plot", default="fashion_mnist_pruning.png")
+    ap.add_argument("--plot", default="fashion_mnist_pruning.png", help="PNG of accuracy vs FLOPs ('' for none)")
+    ap.add_argument("--json", default=None, help="write the results table (and settings) as JSON here")
+    ap.add_argument("--model", default=None, help="module:callable returning the model (default: the demo CNN)")
+    ap.add_argument("--data", default=None, help="an image folder, torchvision ImageFolder layout (default: "
+                                                 "Fashion-MNIST)")
+    ap.add_argument("--image-size", type=int, default=32, help="side length images from --data are resized to")
     args = ap.parse_args(argv)
     if any(not 0 < t < 1 for t in args.targets):
         ap.error("--targets must be fractions in (0, 1)")
+    if args.epochs <= 0 or args.finetune_steps < 0 or args.batch_size < 1 or args.score_batches < 1:
+        ap.error("--epochs must be > 0, --finetune-steps >= 0, --batch-size and --score-batches >= 1")
 
     from winnow.pruning import flops_and_params, prune_iteratively
 
     t0 = time.perf_counter()
-    x, y = fashion.load("train")
-    xt, yt = fashion.load("t10k")
+    (x, y), (xt, yt), data_name = load_data(args)
+    args.batch_size = min(args.batch_size, len(y))
     torch.manual_seed(args.seed)
-    model = make_cnn()
-    steps = int(args.epochs * len(y) / args.batch_size)
+    model = build_model(args.model, x.shape[1], int(y.max()) + 1)
+    steps = max(1, int(args.epochs * len(y) / args.batch_size))
     train(model, stream(x, y, args.batch_size, args.seed), steps, args.lr)
     example = x[:1]
     base_flops, base_params = flops_and_params(model, example)
     dense_acc = accuracy(model, xt, yt)
-    print(f"Fashion-MNIST: dense CNN {base_params} params, {base_flops / 1e6:.2f} MFLOPs, test acc {dense_acc:.4f} "
+    print(f"{data_name}: dense {type(model).__name__} {base_params} params, {base_flops / 1e6:.2f} MFLOPs, test acc {dense_acc:.4f} "
           f"after {steps} steps ({time.perf_counter() - t0:.0f} s)")
     g = torch.Generator().manual_seed(args.seed + 1)
     pick = torch.randperm(len(y), generator=g)[:args.score_batches * args.batch_size]
@@ -121,7 +169,7 @@ def main(argv=None) -> int:
             pruned = copy.deepcopy(model).eval()
             imp, rescore = importance_and_rescore(method, score_batches)
             prune_iteratively(pruned, example, imp, flops_ratio=target, before_step=rescore,
-                           ignored_layers=[pruned[-1]])
+                              ignored_layers=[final_layer(pruned)])
             flops, params = flops_and_params(pruned, example)
             after_prune = accuracy(pruned, xt, yt)
             train(pruned, stream(x, y, args.batch_size, args.seed + 2), args.finetune_steps, args.lr / 2)
@@ -132,13 +180,17 @@ def main(argv=None) -> int:
     print(format_table(rows, cols))
     print(f"dense test acc {dense_acc:.4f}; fine-tuning: {args.finetune_steps} steps of {args.batch_size} for every "
           f"method; scores from {args.score_batches} batches; total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        report.write_json(args.json, {"task": "prune", "settings": vars(args), "dense acc": dense_acc,
+                                      "dense params": base_params, "dense FLOPs": base_flops, "rows": rows})
+        print(f"results written to {args.json}")
     if args.plot:
-        plot(rows, dense_acc, args.plot)
+        plot(rows, dense_acc, args.plot, data_name)
         print(f"plot written to {args.plot}")
     return 0
 
 
-def plot(rows, dense_acc, path):
+def plot(rows, dense_acc, path, data_name="Fashion-MNIST"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +206,7 @@ def plot(rows, dense_acc, path):
         ax.set_ylabel("test accuracy")
         ax.set_title(key.replace("acc ", "after pruning, ") if key == "acc pruned" else "after fine-tuning")
         ax.legend()
-    fig.suptitle("Fashion-MNIST CNN: structured pruning")
+    fig.suptitle(f"{data_name}: structured pruning")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

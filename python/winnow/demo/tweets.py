@@ -20,15 +20,28 @@ def corpus_path() -> Path:
 
 def load(path: Path | None = None) -> list[tuple[str, int]]:
     """Unique (text, label) pairs; a text labelled twice keeps its first label."""
+    return load_csv(path or corpus_path(), "text", "sentiment", LABELS, encoding="latin-1")[0]
+
+
+def load_csv(path, text_column: str = "text", label_column: str = "label", labels=None,
+             encoding: str = "utf-8") -> tuple[list[tuple[str, int]], tuple[str, ...]]:
+    """Any CSV with a text and a label column: (unique (text, label index) pairs, label names).
+    Labels are `labels` in that order (rows with others are skipped), or every label found, sorted."""
+    with open(path, encoding=encoding, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and (text_column not in rows[0] or label_column not in rows[0]):
+        raise ValueError(f"{path}: needs columns {text_column!r} and {label_column!r}, has {sorted(rows[0])}")
+    names = tuple(labels) if labels is not None else tuple(sorted({r[label_column].strip() for r in rows}))
+    if len(names) < 2:
+        raise ValueError(f"{path}: column {label_column!r} needs at least 2 labels, found {list(names)}")
     seen, out = set(), []
-    with open(path or corpus_path(), encoding="latin-1", newline="") as f:
-        for row in csv.DictReader(f):
-            text, label = row["text"].strip(), row["sentiment"].strip()
-            if not text or label not in LABELS or text in seen:
-                continue
-            seen.add(text)
-            out.append((text, LABELS.index(label)))
-    return out
+    for row in rows:
+        text, label = (row[text_column] or "").strip(), (row[label_column] or "").strip()
+        if not text or label not in names or text in seen:
+            continue
+        seen.add(text)
+        out.append((text, names.index(label)))
+    return out, names
 
 
 def stratified_split(data, sizes: dict[str, int], seed: int = 0) -> dict[str, list[tuple[str, int]]]:

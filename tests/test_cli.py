@@ -1,0 +1,124 @@
+"""The `winnow` command end to end on tiny local data: a text CSV with a tiny HF model folder
+(finetune, every method), an image folder with a torchvision-style model (prune), the benchmark
+suite's quick mode and the report writer."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from winnow import cli
+
+
+def test_help_and_unknown_command(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "winnow finetune" in capsys.readouterr().out
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main([]) == 2
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-c", "from importlib.metadata import entry_points; "
+                          "print([e.value for e in entry_points(group='console_scripts', name='winnow')])"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "winnow.cli:main" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_text_task(tmp_path_factory):
+    """A 2-layer BERT with a word-level vocabulary, saved as a local HF folder, and a CSV."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("text")
+    words = ["good", "great", "fine", "bad", "awful", "poor", "movie", "food", "the", "was", "is", "ok"]
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    cfg = transformers.BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32)
+    model_dir = root / "model"
+    transformers.BertForSequenceClassification(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    g = torch.Generator().manual_seed(0)
+    lines = ["review,stars"]
+    for i in range(120):
+        pos = i % 2 == 0
+        w = words[int(torch.randint(0, 3, (1,), generator=g)) + (0 if pos else 3)]
+        lines.append(f"the {words[6 + i % 3 // 2]} was {w} number {i},{'high' if pos else 'low'}")
+    (root / "data.csv").write_text("\n".join(lines) + "\n")
+    return model_dir, root / "data.csv"
+
+
+def test_finetune_any_hf_folder_and_csv(tiny_text_task, tmp_path):
+    model_dir, csv = tiny_text_task
+    out = tmp_path / "ft.json"
+    rc = cli.main(["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
+                   "--label-column", "stars", "--methods", "lora", "ist", "adalora", "id3", "full", "--steps", "6",
+                   "--batch-size", "8", "--rank", "2", "--test-size", "20", "--val-size", "20", "--quiet",
+                   "--json", str(out), "--plot", str(tmp_path / "ft.png")])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["rows"]] == ["lora", "lora+ist", "adalora", "id3", "full"]
+    for r in result["rows"]:
+        assert 0 <= r["test acc"] <= 1 and r["trainable params"] > 0 and r["peak train MB"] > 0
+    assert (tmp_path / "ft.png").stat().st_size > 0
+
+
+def test_finetune_bad_csv_columns_are_named(tiny_text_task):
+    model_dir, csv = tiny_text_task
+    with pytest.raises(ValueError, match="'text'"):
+        cli.main(["finetune", "--model", str(model_dir), "--data", str(csv), "--steps", "1", "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two classes of 12 x 12 RGB images (bright top half vs bright bottom half)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(0)
+    for label in ("top", "bottom"):
+        (root / label).mkdir()
+        for i in range(24):
+            a = (torch.rand(12, 12, 3, generator=g) * 80).to(torch.uint8)
+            half = slice(0, 6) if label == "top" else slice(6, 12)
+            a[half] += 150
+            Image.fromarray(a.numpy()).save(root / label / f"{i}.png")
+    return root
+
+
+def test_prune_torchvision_style_model_on_an_image_folder(image_folder, tmp_path):
+    pytest.importorskip("torch_pruning")
+    out = tmp_path / "prune.json"
+    rc = cli.main(["prune", "--model", "nets:tiny_cnn", "--data", str(image_folder), "--image-size", "12",
+                   "--methods", "oba", "magnitude", "taylor", "--targets", "0.5", "--epochs", "2",
+                   "--finetune-steps", "2", "--batch-size", "8", "--score-batches", "1",
+                   "--json", str(out), "--plot", str(tmp_path / "prune.png")])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["rows"]] == ["oba", "magnitude", "taylor"]
+    for r in result["rows"]:
+        assert r["FLOPs kept"] <= 0.55 and r["params kept"] < 1  # pruned to the target, physically
+    assert (tmp_path / "prune.png").stat().st_size > 0
+
+
+def test_prune_bad_model_spec_is_a_clear_error(image_folder):
+    with pytest.raises(SystemExit, match="module:callable"):
+        cli.main(["prune", "--model", "nets", "--data", str(image_folder), "--image-size", "12"])
+
+
+def test_bench_quick_and_the_report(tmp_path, capsys):
+    assert cli.main(["bench", "sweep", "--quick", "--device", "cpu"]) == 0
+    assert "act_tangent" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "nonsense"])
+    from benchmarks import report, sweep
+
+    result = sweep.run(torch.device("cpu"), rounds=1, max_log4=6)
+    kernels = {r["kernel"] for r in result["rows"]}
+    assert kernels == {"importance_update_adalora", "masked_adamw_step", "act_tangent", "softmax_tangent",
+                       "oba_score_accumulate"}
+    assert all(r["GB/s"] > 0 and r["winnow ms"] > 0 for r in result["rows"])
+    paths = report.write(torch.device("cpu"), {"sweep": result}, out_dir=tmp_path)
+    assert {p.name for p in paths} == {"cpu.json", "cpu.md", "cpu-time.png", "cpu-bandwidth.png"}
+    assert "## sweep" in (tmp_path / "cpu.md").read_text()
+    assert json.loads((tmp_path / "cpu.json").read_text())["benchmarks"]["sweep"]["rows"]
