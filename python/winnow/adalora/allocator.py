@@ -132,6 +132,23 @@ class RankAllocator:
             for p, masked in self._rank_pattern_masks[1]:
                 p.masked_fill_(masked, 0.0)
 
+    # ---- checkpoints ----
+
+    def state_dict(self) -> dict:
+        """The running importance statistics (None before the first update or after the final
+        allocation) and the host-sync count."""
+        return {"tracker": None if self._tracker is None else self._tracker.state_dict(),
+                "host_syncs": self.host_syncs}
+
+    def load_state_dict(self, model: nn.Module, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or "tracker" not in state_dict:
+            raise ValueError("state_dict must come from RankAllocator.state_dict() (a dict with 'tracker')")
+        self.reset_ipt()
+        if state_dict["tracker"] is not None:
+            self._build(model)
+            self._tracker.load_state_dict(state_dict["tracker"])
+        self.host_syncs = int(state_dict.get("host_syncs", 0))
+
     # ---- peft interoperability ----
 
     def load_from_peft(self, model: nn.Module, peft_allocator) -> None:

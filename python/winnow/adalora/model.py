@@ -130,6 +130,27 @@ class AdaLoRA:
     def rank_pattern(self) -> dict:
         return self.config.rank_pattern or {}
 
+    # ---- checkpoints: the adapters live in model.state_dict(); this is the schedule's state ----
+
+    def state_dict(self) -> dict:
+        """The rank pattern and the allocator's importance statistics: with the model's and the
+        optimizer's state dicts, enough to resume a run bitwise (the step count is the caller's)."""
+        pattern = self.config.rank_pattern
+        return {"rank_pattern": None if pattern is None else {k: list(v) for k, v in pattern.items()},
+                "allocator": self.allocator.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or not {"rank_pattern", "allocator"} <= state_dict.keys():
+            raise ValueError("state_dict must come from AdaLoRA.state_dict() (keys 'rank_pattern', 'allocator')")
+        pattern = state_dict["rank_pattern"]
+        if pattern is not None:
+            mine = {n for n, _ in self.model.named_parameters() if f"lora_E.{self.adapter_name}" in n}
+            unknown = set(pattern) - mine - {n.replace(f".{self.adapter_name}", "") for n in mine}
+            if unknown:
+                raise ValueError(f"state_dict's rank_pattern names modules this model lacks: {sorted(unknown)[:3]}")
+        self.config.rank_pattern = None if pattern is None else {k: list(v) for k, v in pattern.items()}
+        self.allocator.load_state_dict(self.model, state_dict["allocator"])
+
     def ranks(self) -> dict[str, int]:
         """Current rank of each adapted module: the number of non-zero lambda."""
         return {n: int(torch.count_nonzero(m.lora_E[self.adapter_name])) for n, m in self.modules.items()}
