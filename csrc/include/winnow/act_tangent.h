@@ -22,10 +22,12 @@ template <int K, typename T>
 WINNOW_HD Derivs<T> derivs(T z) {
   const T one(1), zero(0);
   if constexpr (K == kReLU) {
-    return {z > zero ? z : zero, z > zero ? one : zero, zero};
+    // written as torch's threshold: NaN passes through, with slope 1 (as autograd has it)
+    return {z <= zero ? zero : z, z <= zero ? zero : one, zero};
   } else if constexpr (K == kGELU) {  // f = z Phi(z), f' = Phi + z phi, f'' = phi (2 - z^2)
     const T cdf = T(0.5) * (one + error_function(z * T(0.70710678118654752)));
     const T pdf = exponential(T(-0.5) * z * z) * T(0.39894228040143268);
+    if (pdf == zero) return {z * cdf, cdf, zero};  // |z| huge or inf: z * pdf -> 0, not inf * 0 = NaN
     return {z * cdf, cdf + z * pdf, pdf * (T(2) - z * z)};
   } else if constexpr (K == kSiLU) {  // f = z s, f' = s + z s', f'' = s' (2 + z (1 - 2s))
     const T s = one / (one + exponential(-z));
@@ -42,18 +44,30 @@ WINNOW_HD Derivs<T> derivs(T z) {
   }
 }
 
+// ReLU's derivative is a switch, not a factor: like torch's threshold_backward it selects the
+// incoming value or 0, so a NaN or inf tangent on the off side does not leak through 0 * x.
+template <int K, typename T>
+WINNOW_HD T times_d1(const Derivs<T>& d, T z, T x) {
+  if constexpr (K == kReLU) {
+    return z <= T(0) ? T(0) : x;
+  } else {
+    return d.d1 * x;
+  }
+}
+
 template <int K, typename T>
 WINNOW_HD void forward(T z, T dz, T& y, T& dy) {
   const Derivs<T> d = derivs<K>(z);
   y = d.f;
-  dy = d.d1 * dz;
+  dy = times_d1<K>(d, z, dz);
 }
 
 template <int K, typename T>
 WINNOW_HD void backward(T z, T dz, T gy, T gdy, T& gz, T& gdz) {
   const Derivs<T> d = derivs<K>(z);
-  gz = gy * d.d1 + gdy * d.d2 * dz;
-  gdz = gdy * d.d1;
+  gz = times_d1<K>(d, z, gy);
+  if constexpr (K != kReLU) gz += gdy * d.d2 * dz;  // the curvature term (ReLU has none)
+  gdz = times_d1<K>(d, z, gdy);
 }
 
 // The two ops as per-element functors over N inputs and 2 outputs, so that each backend has
