@@ -34,7 +34,17 @@ def main(argv=None, prog="python -m benchmarks") -> int:
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
                     help="default: cpu, and cuda when available")
     ap.add_argument("--quick", action="store_true", help="small sizes, nothing written (a smoke test)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: assemble the report from the results/<name>-<device>.json already there")
     args = ap.parse_args(argv)
+    if args.report_only:
+        device = torch.device(args.device or "cpu")
+        results = harness.read_results(device, BENCHMARKS)
+        if not results:
+            ap.error(f"no results for {device} in {harness.RESULTS_DIR}")
+        for path in report.write(device, results):
+            print(f"report: {path}")
+        return 0
     unknown = [n for n in args.names if n not in BENCHMARKS and n != "all"]
     if unknown:
         ap.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)}, all)")

@@ -78,9 +78,24 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def device_tag(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_")
+    return "cpu"
+
+
+def read_results(device: torch.device, names) -> dict[str, dict]:
+    """{name: the stored result} for each benchmark that has a results/<name>-<device>.json."""
+    out = {}
+    for name in names:
+        path = RESULTS_DIR / f"{name}-{device_tag(device)}.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
 def write_result(name: str, device: torch.device, payload: dict) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    tag = "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
-    path = RESULTS_DIR / f"{name}-{tag}.json"
+    path = RESULTS_DIR / f"{name}-{device_tag(device)}.json"
     path.write_text(json.dumps({"benchmark": name, "environment": environment(device), **payload}, indent=2))
     return path

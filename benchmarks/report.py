@@ -8,18 +8,12 @@ import torch
 from benchmarks import harness
 
 
-def device_tag(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_")
-    return "cpu"
-
-
 def write(device: torch.device, results: dict[str, dict], out_dir: Path = harness.RESULTS_DIR) -> list[Path]:
     """results: {benchmark name: its run() result}. Returns the files written."""
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = device_tag(device)
+    tag = harness.device_tag(device)
     env = harness.environment(device)
     paths = [out_dir / f"{tag}.json", out_dir / f"{tag}.md"]
     paths[0].write_text(json.dumps({"environment": env, "benchmarks": results}, indent=2, default=str) + "\n")
@@ -27,7 +21,8 @@ def write(device: torch.device, results: dict[str, dict], out_dir: Path = harnes
              f"torch {env['torch']}, {env['cpu_count']} CPUs, {env['date']}. Every ratio compares contenders "
              "timed side by side in one process, round by round (`winnow bench --all`).", ""]
     for name, r in results.items():
-        lines += [f"## {name}", "", r["header"], "", r["table"], ""]
+        when = r.get("environment", {}).get("date")
+        lines += [f"## {name}", "", r["header"] + (f" (measured {when})" if when else ""), "", r["table"], ""]
     if "sweep" in results:
         for kind in ("time", "bandwidth"):
             p = out_dir / f"{tag}-{kind}.png"
