@@ -55,11 +55,11 @@ $(VENV)/.demo-data: $(VENV)/.tools $(FASHION_MNIST)
 	touch $@
 
 demo: build $(VENV)/.demo-data
-	HF_HUB_OFFLINE=1 $(PYTHON) -m winnow.demo.finetune
-	$(PYTHON) -m winnow.demo.prune --plot fashion_mnist_pruning.png
+	HF_HUB_OFFLINE=1 $(VENV)/bin/winnow finetune --plot finetune_tweets.png
+	$(VENV)/bin/winnow prune --plot fashion_mnist_pruning.png
 
 bench: build
-	$(PYTHON) -m benchmarks run all
+	$(VENV)/bin/winnow bench --all
 
 clean:
 	rm -rf build python/winnow/_C*.so $(VENV)/.winnow
