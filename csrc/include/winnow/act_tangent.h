@@ -124,23 +124,9 @@ WINNOW_HD void apply_at(const Pointers<scalar_t, N>& p, int64_t i) {
 
 namespace winnow::act {
 
-// Every tensor: defined, dense, floating, the shape, dtype and device of z.
-inline void check(const char* op, int64_t kind, std::initializer_list<std::pair<const char*, const at::Tensor*>> ts) {
+inline void check(const char* op, int64_t kind, checks::NamedTensors ts) {
   TORCH_CHECK_VALUE(kind >= 0 && kind < kNumKinds, op, ": kind must be in [0, ", int(kNumKinds), "), got ", kind);
-  const at::Tensor& z = *ts.begin()->second;
-  for (const auto& [name, t] : ts) {
-    TORCH_CHECK_VALUE(t->defined(), op, ": ", name, " is undefined (None)");
-    TORCH_CHECK_TYPE(t->layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
-                     t->layout());
-    TORCH_CHECK_TYPE(checks::is_float_dtype(t->scalar_type()), op, ": ", name,
-                     " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
-    TORCH_CHECK_TYPE(t->scalar_type() == z.scalar_type(), op, ": ", name, " is ", t->scalar_type(), " but z is ",
-                     z.scalar_type());
-    TORCH_CHECK_VALUE(t->device() == z.device(), op, ": ", name, " is on ", t->device(), " but z is on ",
-                      z.device());
-    TORCH_CHECK_VALUE(t->sizes() == z.sizes(), op, ": ", name, " has shape ", t->sizes(), " but z has shape ",
-                      z.sizes());
-  }
+  checks::like_first(op, ts);
 }
 
 }  // namespace winnow::act

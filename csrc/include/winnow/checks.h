@@ -5,6 +5,9 @@
 #include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
+#include <utility>
+
 namespace winnow::checks {
 
 inline bool is_float_dtype(at::ScalarType t) {
@@ -85,6 +88,28 @@ inline void optional_masks(const char* op, const char* name, at::TensorList mask
 
 inline void beta(const char* op, const char* name, double b) {
   TORCH_CHECK_VALUE(b >= 0.0 && b < 1.0, op, ": ", name, " must be in [0, 1), got ", b);
+}
+
+// Named tensors of one elementwise op: each defined, dense and floating, with the shape, dtype
+// and device of the first one (named in the errors).
+using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
+
+inline void like_first(const char* op, NamedTensors ts) {
+  const auto& [first_name, first_ptr] = *ts.begin();
+  const at::Tensor& first = *first_ptr;
+  for (const auto& [name, t] : ts) {
+    TORCH_CHECK_VALUE(t->defined(), op, ": ", name, " is undefined (None)");
+    TORCH_CHECK_TYPE(t->layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
+                     t->layout());
+    TORCH_CHECK_TYPE(is_float_dtype(t->scalar_type()), op, ": ", name,
+                     " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == first.scalar_type(), op, ": ", name, " is ", t->scalar_type(), " but ",
+                     first_name, " is ", first.scalar_type());
+    TORCH_CHECK_VALUE(t->device() == first.device(), op, ": ", name, " is on ", t->device(), " but ", first_name,
+                      " is on ", first.device());
+    TORCH_CHECK_VALUE(t->sizes() == first.sizes(), op, ": ", name, " has shape ", t->sizes(), " but ", first_name,
+                      " has shape ", first.sizes());
+  }
 }
 
 }  // namespace winnow::checks

@@ -33,23 +33,10 @@ WINNOW_HD void backward_at(T p, T ds, T g, T c, T a, T& gp, T& gds) {
 
 namespace winnow::softmax {
 
-// Every tensor: defined, dense, floating, at least 1-d, the shape, dtype and device of p.
-inline void check(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> ts) {
-  const at::Tensor& p = *ts.begin()->second;
-  for (const auto& [name, t] : ts) {
-    TORCH_CHECK_VALUE(t->defined(), op, ": ", name, " is undefined (None)");
-    TORCH_CHECK_TYPE(t->layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
-                     t->layout());
-    TORCH_CHECK_TYPE(checks::is_float_dtype(t->scalar_type()), op, ": ", name,
-                     " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
-    TORCH_CHECK_TYPE(t->scalar_type() == p.scalar_type(), op, ": ", name, " is ", t->scalar_type(), " but p is ",
-                     p.scalar_type());
-    TORCH_CHECK_VALUE(t->device() == p.device(), op, ": ", name, " is on ", t->device(), " but p is on ",
-                      p.device());
-    TORCH_CHECK_VALUE(t->sizes() == p.sizes(), op, ": ", name, " has shape ", t->sizes(), " but p has shape ",
-                      p.sizes());
-  }
-  TORCH_CHECK_VALUE(p.dim() >= 1, op, ": p must have at least one dimension (the softmax dim is the last)");
+inline void check(const char* op, checks::NamedTensors ts) {
+  checks::like_first(op, ts);
+  TORCH_CHECK_VALUE(ts.begin()->second->dim() >= 1, op,
+                    ": p must have at least one dimension (the softmax dim is the last)");
 }
 
 }  // namespace winnow::softmax
