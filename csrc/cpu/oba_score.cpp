@@ -47,14 +47,7 @@ std::tuple<at::Tensor, at::Tensor> oba_channel_sums_cpu(const at::Tensor& scores
     }
   });
   at::parallel_for(0, groups * b_n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t slot = begin; slot < end; ++slot) {
-      const int64_t g = slot / b_n, b = slot % b_n;
-      double total = 0;
-      for (int64_t a = g * per_group; a < (g + 1) * per_group; ++a) {
-        for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
-      }
-      c[col_slot(g * per_group, b, per_group, b_n)] = total;
-    }
+    for (int64_t slot = begin; slot < end; ++slot) c[slot] = column_sum(s, slot, b_n, k_n, per_group);
   });
   return {rows, cols};
 }

@@ -62,12 +62,7 @@ __global__ void col_sums_kernel(const double* __restrict__ s, double* __restrict
                                 int64_t b_n, int64_t k_n, int64_t per_group) {
   for (int64_t slot = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; slot < slots;
        slot += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t g = slot / b_n, b = slot % b_n;
-    double total = 0;
-    for (int64_t a = g * per_group; a < (g + 1) * per_group; ++a) {
-      for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
-    }
-    cols[col_slot(g * per_group, b, per_group, b_n)] = total;
+    cols[slot] = column_sum(s, slot, b_n, k_n, per_group);
   }
 }
 

@@ -63,18 +63,21 @@ _LINEAR_METHODS = {"view", "reshape", "flatten", "unflatten", "permute", "transp
                    "unsqueeze"}
 
 
+def _normalized_tangent(x, dx, dims, eps):
+    """J_norm(x) x' of (x - mean) / sqrt(var + eps) over `dims`, from the batch statistics."""
+    mu = x.mean(dims, keepdim=True)
+    s = torch.sqrt(x.var(dims, keepdim=True, unbiased=False) + eps)
+    n = (x - mu) / s
+    return (dx - dx.mean(dims, keepdim=True) - n * (n * dx).mean(dims, keepdim=True)) / s
+
+
 def _layer_norm_tangent(m: nn.LayerNorm, x, dx, y):
     """y' = y + gamma * J_norm(x) x' (the parameter part of the tangent is y itself, or nothing
     without elementwise affine parameters)."""
     param_part = y if m.weight is not None or m.bias is not None else None
-    dims = tuple(range(-len(m.normalized_shape), 0))
-    mu = x.mean(dims, keepdim=True)
-    var = x.var(dims, keepdim=True, unbiased=False)
-    s = torch.sqrt(var + m.eps)
-    n = (x - mu) / s
     if dx is None:
         return param_part
-    jn = (dx - dx.mean(dims, keepdim=True) - n * (n * dx).mean(dims, keepdim=True)) / s
+    jn = _normalized_tangent(x, dx, tuple(range(-len(m.normalized_shape), 0)), m.eps)
     jn = m.weight * jn if m.weight is not None else jn
     return jn if param_part is None else param_part + jn
 
@@ -185,11 +188,7 @@ def _batch_norm_tangent(m: nn.modules.batchnorm._BatchNorm, x, dx, y):
     param_part = y if m.affine else None
     if dx is None:
         return param_part
-    dims = [0] + list(range(2, x.dim()))
-    mu = x.mean(dims, keepdim=True)
-    s = torch.sqrt(x.var(dims, keepdim=True, unbiased=False) + m.eps)
-    n = (x - mu) / s
-    jn = (dx - dx.mean(dims, keepdim=True) - n * (n * dx).mean(dims, keepdim=True)) / s
+    jn = _normalized_tangent(x, dx, [0] + list(range(2, x.dim())), m.eps)
     if m.affine:
         jn = jn * m.weight.view(1, -1, *([1] * (x.dim() - 2)))
     return jn if param_part is None else param_part + jn

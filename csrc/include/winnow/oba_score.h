@@ -7,7 +7,7 @@
 // oba_channel_sums: the segmented sums that turn a weight's float64 scores, viewed as
 // (A, B, K) = (dim 0, dim 1, the rest), into per-structure scores in one read:
 //   rows[a] = sum over b, k of s[a, b, k]                       (Conv/Linear: output channels)
-//   cols[col_slot(a, b)] = sum over a in b's group, k of s[a, b, k]  (input channels)
+//   cols[g * B + b] = sum over a in group g, k of s[a, b, k]      (input channels)
 // With G groups, dim 0 splits into G equal groups and group g's dim 1 is its own slice of
 // input channels, so cols has G * B entries (a grouped conv's in_channels). A transposed conv
 // stores (in, out / G, k): the same op gives per-input rows and per-output cols.
@@ -22,9 +22,15 @@ WINNOW_HD void accumulate(double& score, T theta, T h_theta) {
   score += static_cast<double>(theta) * static_cast<double>(h_theta);
 }
 
-// The input channel that (row a, column b) of a G-grouped weight reads.
-WINNOW_HD int64_t col_slot(int64_t a, int64_t b, int64_t rows_per_group, int64_t cols) {
-  return (a / rows_per_group) * cols + b;
+// cols[slot] for slot = g * B + b: column b of group g's rows, summed in a fixed order. Both
+// backends call this per slot (the row sums are plain contiguous sums, reduced per backend).
+WINNOW_HD double column_sum(const double* s, int64_t slot, int64_t b_n, int64_t k_n, int64_t rows_per_group) {
+  const int64_t g = slot / b_n, b = slot % b_n;
+  double total = 0;
+  for (int64_t a = g * rows_per_group; a < (g + 1) * rows_per_group; ++a) {
+    for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
+  }
+  return total;
 }
 
 }  // namespace winnow::oba
