@@ -57,19 +57,34 @@ def targets(model) -> list[str]:
     return names
 
 
+def _length_grouped(lengths, batch_size, generator, group=50):
+    """A shuffled order in which each run of `group` batches is sorted by length, so that batches
+    hold similar lengths and dynamic padding cuts little (as HF Trainer's group_by_length). Within
+    a group the batches come in shuffled order, so long ones do not always come first."""
+    order = torch.randperm(len(lengths), generator=generator)
+    out = []
+    for chunk in order.split(group * batch_size):
+        chunk = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
+        pieces = chunk.split(batch_size)
+        out += [pieces[i] for i in torch.randperm(len(pieces), generator=generator)]
+    return out
+
+
 def batches(enc, labels, batch_size, shuffle_seed=None):
-    n = len(labels)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)) if shuffle_seed is not None \
-        else torch.arange(n)
-    for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
-        mask = enc["attention_mask"][idx]
-        width = int(mask.sum(1).max())  # dynamic padding: cut to the longest in the batch
-        yield {"input_ids": enc["input_ids"][idx, :width], "attention_mask": mask[:, :width],
+    """Batches cut to their longest text. Training (shuffle_seed given): shuffled, length-grouped;
+    evaluation: in order of length, which changes nothing but the padding."""
+    lengths = enc["attention_mask"].sum(1)
+    if shuffle_seed is None:
+        chunks = torch.argsort(lengths, stable=True).split(batch_size)
+    else:
+        chunks = _length_grouped(lengths, batch_size, torch.Generator().manual_seed(shuffle_seed))
+    for idx in chunks:
+        width = int(lengths[idx].max())
+        yield {"input_ids": enc["input_ids"][idx, :width], "attention_mask": enc["attention_mask"][idx, :width],
                "labels": labels[idx]}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def accuracy(model, enc, labels, batch_size=64) -> float:
     model.eval()
     correct = 0
@@ -111,11 +126,11 @@ def setup_lora_ist(model, args):
     model, _, _, ranks = setup_lora(model, args)
     opt = _adamw([p for p in model.parameters() if p.requires_grad], args.lr["ist"])
     ctl = ISTController(model, update_ratio=0.25, score_interval=10, n_rollouts=3, seed=args.seed, optimizer=opt)
-    enc, labels = args.probe_data
+    probe_batch = next(batches(*args.probe_data, batch_size=len(args.probe_data[1])))
 
     @torch.no_grad()
     def probe():
-        return float(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss)
+        return float(model(**probe_batch).loss)
 
     return model, [opt], None, ranks, (lambda step: ctl.begin_step(step, probe))
 
