@@ -32,7 +32,8 @@ def tiny_text_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
     words = ["good", "great", "fine", "bad", "awful", "poor", "movie", "food", "the", "was", "is", "ok"]
     (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tok = transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    tok = transformers.BertTokenizerFast(vocab=str(root / "vocab.txt"))
+    assert tok.unk_token_id not in tok("the food was good")["input_ids"]  # the vocabulary is really in use
     cfg = transformers.BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=32, max_position_embeddings=32)
     model_dir = root / "model"
@@ -61,6 +62,49 @@ def test_finetune_any_hf_folder_and_csv(tiny_text_task, tmp_path):
     for r in result["rows"]:
         assert 0 <= r["test acc"] <= 1 and r["trainable params"] > 0 and r["peak train MB"] > 0
     assert (tmp_path / "ft.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("shuffle_seed", [None, 3])
+def test_finetune_batches_cover_every_example_once_cut_to_their_longest(shuffle_seed):
+    from winnow.demo.finetune import batches
+
+    g = torch.Generator().manual_seed(0)
+    n, width = 301, 12
+    lengths = torch.randint(1, width + 1, (n,), generator=g)
+    mask = (torch.arange(width) < lengths[:, None]).long()
+    enc = {"input_ids": torch.arange(n)[:, None] * mask, "attention_mask": mask}
+    labels = torch.arange(n)
+    seen, widths = [], []
+    for b in batches(enc, labels, 8, shuffle_seed=shuffle_seed):
+        assert b["input_ids"].shape == b["attention_mask"].shape and len(b["labels"]) <= 8
+        assert b["input_ids"].shape[1] == int(lengths[b["labels"]].max())  # cut to the longest, no more
+        assert torch.equal(b["input_ids"][:, 0], b["labels"])  # rows stay with their labels
+        seen += b["labels"].tolist()
+        widths.append(b["input_ids"].shape[1])
+    assert sorted(seen) == list(range(n))
+    if shuffle_seed is None:
+        assert widths == sorted(widths)  # evaluation: in order of length
+    else:
+        assert seen[:50] != sorted(seen[:50])  # training: shuffled
+        # length-grouped: far less padding than random batches of the same size
+        padded = sum(w * 8 for w in widths)
+        assert padded < 0.8 * width * n
+
+
+def test_finetune_precisions_agree(tiny_text_task, tmp_path):
+    model_dir, csv = tiny_text_task
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        assert cli.main(["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
+                         "--label-column", "stars", "--methods", "full", "--steps", "60", "--batch-size", "8", "--lr-full", "1e-2",
+                         "--rank", "2", "--test-size", "40", "--val-size", "20", "--quiet", "--precision", precision,
+                         "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["settings"]["precision"] == precision
+        rows[precision] = result["rows"][0]
+    # bf16 autocast changes the rounding, not the training: both learn the task (chance is 0.5)
+    assert rows["fp32"]["test acc"] >= 0.9 and rows["bf16"]["test acc"] >= 0.9
 
 
 def test_finetune_bad_csv_columns_are_named(tiny_text_task):
