@@ -23,20 +23,21 @@ CASES = ("minilm-tweets", "bert-base-config")
 METHODS = {"lora": None, "lora+ist": "keep", "lora+ist (drop state)": "drop"}
 
 
-def _case(case: str, seed: int = 0):
-    """(model, training batches, probe batch) on the CPU."""
+def _case(case: str, seed: int = 0, finetune_argv=()):
+    """(model, training batches, probe batch) on the CPU. `finetune_argv`: options of
+    `winnow finetune` for the minilm-tweets case (a test points it at a tiny model)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
     if case == "minilm-tweets":
-        import argparse
-
         from winnow.demo import finetune
 
-        args = argparse.Namespace(steps=40, batch_size=32, max_length=48, test_size=1500, val_size=600)
+        # the demo's own parser and data path, fp32 (the demo's defaults, not re-typed here)
+        args = finetune.parser().parse_args(["--steps", "40", *finetune_argv])
+        args.model = args.model or finetune.bundled_model_path()
         data = finetune.prepare(args)
-        model = finetune.load_model(3, seed)
+        model = finetune.load_model(args.model, len(args.labels), seed)
         train = list(finetune.batches(*data["train"], args.batch_size, shuffle_seed=seed))
         probe = next(finetune.batches(*data["probe"], args.batch_size))
         return model, train, probe

@@ -107,6 +107,18 @@ def test_finetune_precisions_agree(tiny_text_task, tmp_path):
     assert rows["fp32"]["test acc"] >= 0.9 and rows["bf16"]["test acc"] >= 0.9
 
 
+def test_ist_benchmark_builds_its_demo_case(tiny_text_task):
+    """The IST benchmark reuses the demo's data path: it must keep up with the demo's options."""
+    from benchmarks import ist
+
+    model_dir, csv = tiny_text_task
+    model, train, probe = ist._case("minilm-tweets", finetune_argv=[
+        "--model", str(model_dir), "--data", str(csv), "--text-column", "review", "--label-column", "stars",
+        "--test-size", "20", "--val-size", "20"])
+    assert model.config.num_labels == 2 and train and probe["input_ids"].shape[0] > 0
+    assert model(**train[0]).loss.isfinite()
+
+
 def test_finetune_bad_csv_columns_are_named(tiny_text_task):
     model_dir, csv = tiny_text_task
     with pytest.raises(ValueError, match="'text'"):

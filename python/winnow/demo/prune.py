@@ -204,7 +204,7 @@ def plot(rows, dense_acc, path, data_name="Fashion-MNIST"):
         ax.axhline(dense_acc, color="gray", linestyle="--", label="dense")
         ax.set_xlabel("FLOPs kept (fraction of dense)")
         ax.set_ylabel("test accuracy")
-        ax.set_title(key.replace("acc ", "after pruning, ") if key == "acc pruned" else "after fine-tuning")
+        ax.set_title("right after pruning" if key == "acc pruned" else "after fine-tuning")
         ax.legend()
     fig.suptitle(f"{data_name}: structured pruning")
     fig.tight_layout()
