@@ -17,6 +17,23 @@ namespace {
 // Rows of the last dim per parallel task: about 16k elements.
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)); }
 
+// sum_i term(i) over a row, in kLanes independent partial sums combined in a fixed order: a
+// single running sum is a dependency chain the compiler may not reorder (no -ffast-math), so it
+// neither vectorises nor pipelines; kLanes sums do both, and the order stays deterministic.
+constexpr int64_t kLanes = 8;
+
+template <typename T, typename Term>
+T lane_sum(int64_t n, Term term) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += term(i + l);
+  for (; i < n; ++i) acc[i % kLanes] += term(i);
+  T total = 0;
+  for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
 at::Tensor softmax_tangent_cpu(const at::Tensor& p_in, const at::Tensor& ds_in) {
   check("softmax_tangent", {{"p", &p_in}, {"ds", &ds_in}});
   const at::Tensor p = p_in.contiguous(), ds = ds_in.contiguous();
@@ -31,8 +48,7 @@ at::Tensor softmax_tangent_cpu(const at::Tensor& p_in, const at::Tensor& ds_in) 
     at::parallel_for(0, p.numel() / n, row_grain(n), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t *pr = pp + r * n, *dr = dd + r * n;
-        opmath_t c = 0;
-        for (int64_t i = 0; i < n; ++i) c += dot_term<opmath_t>(pr[i], dr[i]);
+        const opmath_t c = lane_sum<opmath_t>(n, [&](int64_t i) { return dot_term<opmath_t>(pr[i], dr[i]); });
         for (int64_t i = 0; i < n; ++i) out[r * n + i] = static_cast<scalar_t>(forward_at<opmath_t>(pr[i], dr[i], c));
       }
     });
@@ -57,11 +73,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_tangent_backward_cpu(const at::Tensor
     at::parallel_for(0, p.numel() / n, row_grain(n), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t o = r * n;
-        opmath_t c = 0, a = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          c += dot_term<opmath_t>(pp[o + i], dd[o + i]);
-          a += dot_term<opmath_t>(gg[o + i], pp[o + i]);
-        }
+        const opmath_t c = lane_sum<opmath_t>(n, [&](int64_t i) { return dot_term<opmath_t>(pp[o + i], dd[o + i]); });
+        const opmath_t a = lane_sum<opmath_t>(n, [&](int64_t i) { return dot_term<opmath_t>(gg[o + i], pp[o + i]); });
         for (int64_t i = 0; i < n; ++i) {
           opmath_t x, y;
           backward_at<opmath_t>(pp[o + i], dd[o + i], gg[o + i], c, a, x, y);
