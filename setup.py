@@ -5,7 +5,9 @@ Environment knobs:
   WINNOW_CUDA=0|1        force the CUDA kernels off / on (default: on when torch is a CUDA
                          build and nvcc is found; no GPU is needed to build them)
   CUDA_HOME              CUDA toolkit root (default /usr/local/cuda)
-  TORCH_CUDA_ARCH_LIST   e.g. "8.0;9.0+PTX" (the default)
+  TORCH_CUDA_ARCH_LIST   e.g. "8.0;9.0+PTX" (default "8.0;9.0+PTX;10.0": A100, H100/H200, B200)
+  CMAKE_CUDA_ARCHITECTURES or CUDAARCHS
+                         CMake's form ("90-real;100-real"), used when TORCH_CUDA_ARCH_LIST is unset
   MAX_JOBS               parallel compile jobs
 """
 import os
@@ -94,6 +96,9 @@ class cmake_build_ext(build_ext):
         args.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
         if with_cuda:
             args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+            # Always passed (empty when unset), so that the cache never keeps an old choice.
+            user_archs = os.environ.get("CMAKE_CUDA_ARCHITECTURES") or os.environ.get("CUDAARCHS") or ""
+            args.append(f"-DWINNOW_CUDA_ARCHITECTURES={user_archs}")
         if shutil.which("ccache"):
             args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache", "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
         subprocess.check_call(args, cwd=build_dir)

@@ -1,44 +1,59 @@
-// masked_topk composed from ATen ops, for devices without a hand-written kernel (CUDA today).
-// Same contract and tie-breaking as csrc/cpu/masked_topk.cpp: the k-th best value v* is found
-// from per-tensor top-k candidates (no dense concatenation); then every masked entry above v*
-// is taken, plus the first entries equal to v* in (tensor, index) order. One host sync (the
-// per-tensor counts), everything else stays on the device. Also registered as
-// winnow::_masked_topk_aten on every backend so that the CPU tests check this path too.
+// masked_topk composed from ATen ops: the portable path for devices without a hand-written
+// kernel (winnow.ops.masked_topk uses it there), registered as winnow::_masked_topk_aten on
+// every backend so that the CPU tests check it too. Same contract as csrc/cpu/masked_topk.cpp
+// and csrc/cuda/masked_topk.cu: every score becomes a signed 64-bit key with the order of
+// winnow/order_key.h (-0 == +0, NaN below -inf), masked entries get a key below every other;
+// the k-th best key v* comes from per-tensor top-k candidates (no dense concatenation); then
+// every entry above v* is taken, plus the first entries equal to v* in (tensor, index) order.
+// One host sync (the per-tensor counts).
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <limits>
 
 #include "winnow/masked_topk.h"
 
 namespace winnow::topk {
 namespace {
 
+constexpr int64_t kMaskedKey = std::numeric_limits<int64_t>::min();
+constexpr int64_t kNanKey = kMaskedKey + 1;  // no number maps to it (only NaN bit patterns would)
+
+// Signed keys with the numeric order: the integer view of a float, its magnitude bits flipped
+// when negative (two's complement then orders negatives the right way round).
+at::Tensor order_keys(const at::Tensor& scores, const at::Tensor& unmasked) {
+  const at::Tensor s = scores.reshape({-1});
+  const bool is_double = s.scalar_type() == at::kDouble;
+  at::Tensor bits = is_double ? s.view(at::kLong) : s.view(at::kInt).to(at::kLong);
+  const int64_t magnitude = is_double ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int32_t>::max();
+  at::Tensor key = at::where(bits.lt(0), bits.bitwise_xor(magnitude), bits);
+  key.masked_fill_(key.eq(-1), 0);  // -0 (the only value whose key is -1) ranks as +0
+  key.masked_fill_(at::isnan(s), kNanKey);
+  if (unmasked.defined()) key.masked_fill_(unmasked.reshape({-1}), kMaskedKey);
+  return key;
+}
+
 std::vector<at::Tensor> masked_topk_aten(at::TensorList scores, at::TensorList unmasked, int64_t k) {
   check_topk(scores, unmasked, k);
   const size_t n = scores.size();
-  const double neg_inf = -std::numeric_limits<double>::infinity();
-  std::vector<at::Tensor> flat(n);  // masked-out and NaN entries at -inf: never preferred
-  std::vector<at::Tensor> candidates;
-  for (size_t t = 0; t < n; ++t) {
-    at::Tensor s = scores[t].reshape({-1});
-    at::Tensor drop = at::isnan(s);
-    if (!unmasked.empty()) drop = drop.logical_or(unmasked[t].reshape({-1}));
-    flat[t] = s.masked_fill(drop, neg_inf);
-    const int64_t kt = std::min<int64_t>(k, s.numel());
-    if (kt > 0) candidates.push_back(std::get<0>(at::topk(flat[t], kt)));
-  }
   std::vector<at::Tensor> out(n);
-  if (k == 0 || candidates.empty()) {
+  if (k == 0) {
     for (size_t t = 0; t < n; ++t) out[t] = at::empty({0}, scores[t].options().dtype(at::kLong));
     return out;
   }
-  const at::Tensor cand = at::cat(candidates);
-  const at::Tensor kth = std::get<0>(at::topk(cand, std::min<int64_t>(k, cand.numel()))).select(0, -1);  // v*
-  // Per tensor: entries strictly above v*, and entries equal to v* (finite, i.e. real candidates).
-  std::vector<at::Tensor> above(n), equal(n);
-  std::vector<at::Tensor> n_above, n_equal;
+  std::vector<at::Tensor> keys(n), candidates;
   for (size_t t = 0; t < n; ++t) {
-    above[t] = flat[t].gt(kth);
-    equal[t] = flat[t].eq(kth).logical_and(flat[t].gt(neg_inf));
+    keys[t] = order_keys(scores[t], unmasked.empty() ? at::Tensor() : unmasked[t]);
+    const int64_t kt = std::min<int64_t>(k, keys[t].numel());
+    if (kt > 0) candidates.push_back(std::get<0>(at::topk(keys[t], kt)));
+  }
+  const at::Tensor cand = at::cat(candidates);
+  // v*; when fewer than k entries are masked it is kMaskedKey, and every candidate is above it
+  const at::Tensor kth = std::get<0>(at::topk(cand, k)).select(0, -1);
+  std::vector<at::Tensor> above(n), equal(n), n_above, n_equal;
+  for (size_t t = 0; t < n; ++t) {
+    above[t] = keys[t].gt(kth);
+    equal[t] = keys[t].eq(kth).logical_and(keys[t].ne(kMaskedKey));
     n_above.push_back(above[t].sum());
     n_equal.push_back(equal[t].sum());
   }
@@ -67,6 +82,5 @@ std::vector<at::Tensor> masked_topk_aten(at::TensorList scores, at::TensorList u
 }  // namespace
 
 TORCH_LIBRARY_IMPL(winnow, CompositeExplicitAutograd, m) { m.impl("_masked_topk_aten", &masked_topk_aten); }
-TORCH_LIBRARY_IMPL(winnow, CUDA, m) { m.impl("masked_topk", &masked_topk_aten); }
 
 }  // namespace winnow::topk

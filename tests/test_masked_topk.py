@@ -37,10 +37,37 @@ def test_distinct_scores_without_masks_equal_torch_topk():
     assert {o + int(i) for o, g in zip(offsets, got) for i in g} == top
 
 
-def test_negative_and_special_values_order():
-    s = [torch.tensor([-1.0, float("-inf"), 0.0, -0.0, 2.0, float("inf"), float("nan")])]
-    assert ops.masked_topk(s, None, 3)[0].tolist() == [2, 4, 5]  # inf, 2, then 0.0 before -0.0
-    assert ops.masked_topk(s, None, 6)[0].tolist() == [0, 1, 2, 3, 4, 5]  # NaN ranks last
+NAN, INF = float("nan"), float("inf")
+# (scores, unmasked, k, expected indices): the ranking rule of csrc/include/winnow/order_key.h
+# (-0 == +0, NaN below -inf), ties to the lowest index, all candidates when fewer than k.
+SPECIAL_CASES = [
+    ([-1.0, -INF, 0.0, -0.0, 2.0, INF, NAN], None, 3, [2, 4, 5]),   # inf, 2, then the first zero
+    ([-1.0, -INF, 0.0, -0.0, 2.0, INF, NAN], None, 6, [0, 1, 2, 3, 4, 5]),  # -inf is returned, NaN last
+    ([-1.0, -INF, 0.0, -0.0, 2.0, INF, NAN], None, 7, [0, 1, 2, 3, 4, 5, 6]),
+    ([NAN, -INF], None, 1, [1]),
+    ([-0.0, 0.0], None, 1, [0]),                                     # -0 == +0: the lower index
+    ([0.0, -0.0], None, 1, [0]),
+    ([NAN, NAN, 1.0, 5.0], [False, False, False, True], 4, [0, 1, 2]),  # 3 candidates for k = 4
+    ([-INF, -INF, NAN], [False, True, False], 2, [0, 2]),
+]
+
+
+@pytest.mark.parametrize("path", ["masked_topk", "_masked_topk_aten"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("values, unmasked, k, expected", SPECIAL_CASES)
+def test_special_values_follow_the_ranking_rule(device, path, dtype, values, unmasked, k, expected):
+    scores = [torch.tensor(values, dtype=dtype)]
+    masks = None if unmasked is None else [torch.tensor(unmasked)]
+    assert reference.masked_topk(scores, masks, k)[0].tolist() == expected
+    op = getattr(torch.ops.winnow, path)
+    got = op([s.to(device) for s in scores], [] if masks is None else [m.to(device) for m in masks], k)
+    assert got[0].cpu().tolist() == expected
+
+
+def test_ties_across_tensors_go_to_the_lowest_tensor(device):
+    scores = [torch.tensor([1.0, -0.0], device=device), torch.tensor([0.0, 0.0, 3.0], device=device)]
+    got = ops.masked_topk(scores, None, 3)
+    assert [g.cpu().tolist() for g in got] == [[0, 1], [2]]
 
 
 def test_bad_input():

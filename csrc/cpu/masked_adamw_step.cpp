@@ -49,8 +49,7 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
     const int64_t nb = num_blocks(params[i].numel(), block_sizes[i]);
     const int64_t* b = active_blocks[i].const_data_ptr<int64_t>();
     for (int64_t j = 0; j < active_blocks[i].numel(); ++j) {
-      TORCH_CHECK_VALUE(b[j] >= 0 && b[j] < nb, "masked_adamw_step: active_blocks[", i, "] holds block ", b[j],
-                        " but params[", i, "] has ", nb, " blocks of ", block_sizes[i]);
+      TORCH_CHECK_VALUE(block_in_range(b[j], nb), block_range_message(i, b[j], nb, block_sizes[i]));
     }
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // AMP: skip the whole step

@@ -19,7 +19,7 @@ namespace {
 template <typename scalar_t, typename key_t>
 std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, int64_t k) {
   constexpr int kBits = 8 * sizeof(key_t);
-  constexpr int kPasses = (kBits + kDigitBits - 1) / kDigitBits;
+  constexpr int kPasses = num_passes<key_t>();
   const size_t n = scores.size();
   std::vector<int64_t> numels(n);
   for (size_t i = 0; i < n; ++i) numels[i] = scores[i].numel();
@@ -31,7 +31,7 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
   // `remaining` how many of the wanted keys share that prefix.
   key_t prefix = 0;
   int64_t remaining = k;
-  for (int pass = 0; pass < kPasses && k > 0; ++pass) {
+  for (int pass = 0; pass < kPasses && remaining > 0; ++pass) {
     const int max_threads = at::get_num_threads();
     std::vector<std::array<int64_t, kBins>> hist(max_threads);
     for (auto& h : hist) h.fill(0);
@@ -46,20 +46,29 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
       }
       return 0;
     });
+    std::array<int64_t, kBins> count{};
+    for (const auto& h : hist) {
+      for (int d = 0; d < kBins; ++d) count[d] += h[d];
+    }
+    if (pass == 0) {  // fewer candidates than k: all of them (every key >= 0 = the threshold)
+      int64_t candidates = 0;
+      for (int d = 0; d < kBins; ++d) candidates += count[d];
+      if (candidates < k) {
+        remaining = k;
+        break;
+      }
+    }
     int64_t above = 0;
     int chosen = 0;
     for (int d = kBins - 1; d >= 0; --d) {
-      int64_t count = 0;
-      for (const auto& h : hist) count += h[d];
-      if (above + count >= remaining) {
+      if (above + count[d] >= remaining) {
         chosen = d;
         break;
       }
-      above += count;
+      above += count[d];
     }
     remaining -= above;
-    const int shift = kBits - (pass + 1) * kDigitBits;
-    prefix |= shift >= 0 ? (static_cast<key_t>(chosen) << shift) : (static_cast<key_t>(chosen) >> -shift);
+    prefix = with_digit(prefix, chosen, pass, kBits);
   }
   const key_t threshold = prefix;  // the k-th largest key; `remaining` of the wanted keys equal it
 

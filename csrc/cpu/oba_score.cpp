@@ -13,6 +13,16 @@
 namespace winnow::oba {
 namespace {
 
+// cols[slot] for slot = g * B + b: column b of group g's rows, summed in a fixed order.
+double column_sum(const double* s, int64_t slot, int64_t b_n, int64_t k_n, int64_t rows_per_group) {
+  const int64_t g = slot / b_n, b = slot % b_n;
+  double total = 0;
+  for (int64_t a = g * rows_per_group; a < (g + 1) * rows_per_group; ++a) {
+    for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
+  }
+  return total;
+}
+
 void oba_score_accumulate_cpu(at::TensorList thetas, at::TensorList h_thetas, at::TensorList scores) {
   check_accumulate(thetas, h_thetas, scores);
   for (size_t t = 0; t < thetas.size(); ++t) {

@@ -45,13 +45,14 @@ std::tuple<at::Tensor, at::Tensor> rank_prune_cpu(at::TensorList lora_E, at::Ten
         }
       }
     });
-    scalar_t threshold_value{};
-    const scalar_t* threshold = nullptr;
-    if (num_masked > 0) {
-      std::vector<scalar_t> sorted(s, s + total);
-      std::nth_element(sorted.begin(), sorted.begin() + (num_masked - 1), sorted.end());
-      threshold_value = sorted[num_masked - 1];
-      threshold = &threshold_value;
+    int64_t threshold_key = 0;
+    const int64_t* threshold = nullptr;
+    if (num_masked > 0) {  // the k-th smallest key: a total order, so NaN and -0 are well defined
+      std::vector<int64_t> keys(total);
+      for (int64_t i = 0; i < total; ++i) keys[i] = signed_order_key(s[i]);
+      std::nth_element(keys.begin(), keys.begin() + (num_masked - 1), keys.end());
+      threshold_key = keys[num_masked - 1];
+      threshold = &threshold_key;
     }
     bool* k = keep.data_ptr<bool>();
     for (size_t m = 0; m < mods.size(); ++m) {

@@ -14,6 +14,7 @@
 #include <array>
 #include <tuple>
 
+#include "multi_tensor.cuh"
 #include "winnow/act_tangent.h"
 
 namespace winnow::act {
@@ -21,11 +22,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-inline int blocks_for(int64_t n) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(sms) * 8)));
-}
+inline int blocks_for(int64_t n) { return cuda::grid_for(n, kThreads); }
 
 template <template <int> class Op, int K, typename scalar_t, int N>
 __global__ void elementwise_kernel(Pointers<scalar_t, N> p, int64_t n) {

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "multi_tensor.cuh"
+#include "segmented_sums.cuh"
 #include "winnow/importance_update.h"
 
 namespace winnow::importance {
@@ -14,8 +15,26 @@ namespace {
 
 using cuda::for_chunk;
 using cuda::load;
+using cuda::ptr;
 using cuda::store;
 using cuda::TensorListMeta;
+
+// The multi-tensor launches of one update: every parameter dtype gets its kernel instantiation,
+// and launch<scalar_t, acc_t>(ptrs, numels) runs it over that dtype's tensors.
+template <typename Slots, typename Launch>
+void per_param_dtype(const std::vector<at::Tensor>& params, Slots&& slots, Launch&& launch) {
+  cuda::per_dtype(params, [&](at::ScalarType dtype, const std::vector<size_t>& idx) {
+    std::vector<std::array<void*, 5>> ptrs;
+    std::vector<int64_t> numels;
+    for (size_t i : idx) {
+      ptrs.push_back(slots(i));
+      numels.push_back(params[i].numel());
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "importance_update", [&] {
+      launch.template operator()<scalar_t, at::opmath_type<scalar_t>>(ptrs, numels);
+    });
+  });
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(cuda::kBlockThreads)
@@ -67,24 +86,6 @@ __global__ void __launch_bounds__(cuda::kBlockThreads)
   cuda::add_skipped(static_cast<int64_t*>(meta.ptr[4][t]), skipped);
 }
 
-inline void* ptr(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
-
-// Groups the tensors by parameter dtype (one kernel instantiation each) and hands every group
-// to launch(dtype, ptrs, numels), with slots(i) the N kernel pointers of tensor i.
-template <int N, typename Slots, typename Launch>
-void per_dtype(const std::vector<at::Tensor>& params, Slots&& slots, Launch&& launch) {
-  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
-    std::vector<std::array<void*, N>> ptrs;
-    std::vector<int64_t> numels;
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (params[i].scalar_type() != dtype) continue;
-      ptrs.push_back(slots(i));
-      numels.push_back(params[i].numel());
-    }
-    if (!ptrs.empty()) launch(dtype, ptrs, numels);
-  }
-}
-
 void importance_update_adalora_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg_ipt,
                                     at::TensorList exp_avg_unc, double beta1, double beta2,
                                     const at::Tensor& nonfinite) {
@@ -95,15 +96,12 @@ void importance_update_adalora_cuda(at::TensorList params, at::TensorList grads,
     return {ptr(in.params[i]), ptr(in.grads[i]), ptr(exp_avg_ipt[i]), ptr(exp_avg_unc[i]),
             nonfinite.data_ptr<int64_t>() + i};
   };
-  per_dtype<5>(in.params, slots, [&](at::ScalarType dtype, const auto& ptrs, const auto& numels) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "importance_update_adalora", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const int s = sizeof(scalar_t), a = sizeof(acc_t);
-      const auto coeffs = adalora_coeffs<acc_t>(beta1, beta2);
-      cuda::launch_over<TensorListMeta<5>>(ptrs, numels, {s, s, a, a, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
-        adalora_kernel<scalar_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta, coeffs);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  per_param_dtype(in.params, slots, [&]<typename scalar_t, typename acc_t>(const auto& ptrs, const auto& numels) {
+    const int s = sizeof(scalar_t), a = sizeof(acc_t);
+    const auto coeffs = adalora_coeffs<acc_t>(beta1, beta2);
+    cuda::launch_over<TensorListMeta<5>>(ptrs, numels, {s, s, a, a, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
+      adalora_kernel<scalar_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta, coeffs);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
@@ -118,16 +116,13 @@ void importance_update_id3_cuda(at::TensorList params, at::TensorList grads, at:
     return {ptr(in.params[i]), ptr(in.grads[i]), ptr(scores[i]), unmasked.empty() ? nullptr : ptr(unmasked[i]),
             nonfinite.data_ptr<int64_t>() + i};
   };
-  per_dtype<5>(in.params, slots, [&](at::ScalarType dtype, const auto& ptrs, const auto& numels) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "importance_update_id3", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const int s = sizeof(scalar_t), a = sizeof(acc_t);
-      const auto coeffs = id3_coeffs<acc_t>(eps, exponent, beta);
-      dispatch_exponent(exponent, [&](auto kind) {
-        cuda::launch_over<TensorListMeta<5>>(ptrs, numels, {s, s, a, 1, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
-          id3_kernel<decltype(kind)::value, scalar_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta, coeffs);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
+  per_param_dtype(in.params, slots, [&]<typename scalar_t, typename acc_t>(const auto& ptrs, const auto& numels) {
+    const int s = sizeof(scalar_t), a = sizeof(acc_t);
+    const auto coeffs = id3_coeffs<acc_t>(eps, exponent, beta);
+    dispatch_exponent(exponent, [&](auto kind) {
+      cuda::launch_over<TensorListMeta<5>>(ptrs, numels, {s, s, a, 1, 0}, [&](const TensorListMeta<5>& meta, int64_t blocks) {
+        id3_kernel<decltype(kind)::value, scalar_t, acc_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta, coeffs);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   });
@@ -152,98 +147,39 @@ __global__ void __launch_bounds__(cuda::kBlockThreads) score_kernel(const Tensor
   });
 }
 
-// One block per output entry: the mean over `inner` scores at a + o*outer_stride + k*inner_stride,
-// summed in double.
-constexpr int kMaxMeanTensors = 64;
-struct MeanMeta {
-  const void* ipt[kMaxMeanTensors];
-  const void* unc[kMaxMeanTensors];
-  void* out[kMaxMeanTensors];
-  int64_t inner[kMaxMeanTensors], outer_stride[kMaxMeanTensors], inner_stride[kMaxMeanTensors];
-  int64_t first_block[kMaxMeanTensors + 1];
-  int num_tensors;
-};
-static_assert(sizeof(MeanMeta) < 4000, "kernel argument too large");
-
-template <typename acc_t>
-__global__ void __launch_bounds__(cuda::kBlockThreads) score_mean_kernel(const MeanMeta meta) {
-  int t = 0;
-  while (t + 1 < meta.num_tensors && meta.first_block[t + 1] <= blockIdx.x) ++t;
-  const int64_t o = blockIdx.x - meta.first_block[t];
-  const auto* a = static_cast<const acc_t*>(meta.ipt[t]) + o * meta.outer_stride[t];
-  const auto* u = static_cast<const acc_t*>(meta.unc[t]) + o * meta.outer_stride[t];
-  double sum = 0.0;
-  for (int64_t k = threadIdx.x; k < meta.inner[t]; k += blockDim.x) {
-    const int64_t idx = k * meta.inner_stride[t];
-    sum += static_cast<double>(adalora_score(a[idx], u[idx]));
-  }
-  __shared__ double partial[cuda::kBlockThreads];
-  partial[threadIdx.x] = sum;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    static_cast<acc_t*>(meta.out[t])[o] =
-        static_cast<acc_t>(meta.inner[t] > 0 ? partial[0] / static_cast<double>(meta.inner[t]) : NAN);
-  }
-}
-
+// Element scores through score_kernel; means through the shared segmented sums (mean_dims 1: along
+// each row, 0: down each column, tiled so that the reads are coalesced).
 std::vector<at::Tensor> importance_score_cuda(at::TensorList exp_avg_ipt, at::TensorList exp_avg_unc,
                                               at::IntArrayRef mean_dims) {
   check_score(exp_avg_ipt, exp_avg_unc, mean_dims);
   const c10::cuda::CUDAGuard guard(exp_avg_ipt[0].device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   std::vector<at::Tensor> out = score_outputs(exp_avg_ipt, mean_dims);
-  for (auto dtype : {at::kFloat, at::kDouble}) {
-    std::vector<size_t> idx;
-    for (size_t i = 0; i < exp_avg_ipt.size(); ++i) {
-      if (exp_avg_ipt[i].scalar_type() == dtype) idx.push_back(i);
-    }
-    if (idx.empty()) continue;
+  cuda::per_dtype(exp_avg_ipt, [&](at::ScalarType dtype, const std::vector<size_t>& idx) {
     AT_DISPATCH_FLOATING_TYPES(dtype, "importance_score", [&] {
       std::vector<std::array<void*, 3>> ptrs;
       std::vector<int64_t> numels;
-      MeanMeta mean{};
-      int64_t mean_blocks = 0;
-      auto flush_mean = [&] {
-        if (mean.num_tensors == 0) return;
-        mean.first_block[mean.num_tensors] = mean_blocks;
-        score_mean_kernel<scalar_t><<<mean_blocks, cuda::kBlockThreads, 0, stream>>>(mean);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        mean = MeanMeta{};
-        mean_blocks = 0;
-      };
+      std::vector<cuda::SumJob> row_means, column_means;
       for (size_t i : idx) {
-        const auto& a = exp_avg_ipt[i];
+        const at::Tensor& a = exp_avg_ipt[i];
         if (mean_dims[i] == -1) {
           ptrs.push_back({ptr(a), ptr(exp_avg_unc[i]), out[i].data_ptr()});
           numels.push_back(a.numel());
           continue;
         }
-        if (out[i].numel() == 0) continue;
-        const int64_t rows = a.size(0), cols = a.size(1);
-        const bool per_row = mean_dims[i] == 1;
-        const int slot = mean.num_tensors++;
-        mean.ipt[slot] = a.const_data_ptr();
-        mean.unc[slot] = exp_avg_unc[i].const_data_ptr();
-        mean.out[slot] = out[i].data_ptr();
-        mean.inner[slot] = per_row ? cols : rows;
-        mean.outer_stride[slot] = per_row ? cols : 1;
-        mean.inner_stride[slot] = per_row ? 1 : cols;
-        mean.first_block[slot] = mean_blocks;
-        mean_blocks += out[i].numel();
-        if (mean.num_tensors == kMaxMeanTensors) flush_mean();
+        const cuda::SumJob job{a.const_data_ptr(), exp_avg_unc[i].const_data_ptr(), out[i].data_ptr(), a.size(0),
+                               a.size(1), 1, true};
+        (mean_dims[i] == 1 ? row_means : column_means).push_back(job);
       }
-      flush_mean();
       const int a = sizeof(scalar_t);
       cuda::launch_over<TensorListMeta<3>>(ptrs, numels, {a, a, a}, [&](const TensorListMeta<3>& meta, int64_t blocks) {
         score_kernel<scalar_t><<<blocks, cuda::kBlockThreads, 0, stream>>>(meta);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
+      cuda::launch_sums<scalar_t, scalar_t>(cuda::Along::Rows, row_means, stream);
+      cuda::launch_sums<scalar_t, scalar_t>(cuda::Along::Columns, column_means, stream);
     });
-  }
+  }, {at::kFloat, at::kDouble});
   return out;
 }
 

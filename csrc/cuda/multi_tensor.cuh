@@ -1,13 +1,18 @@
 #pragma once
-// Multi-tensor launches: one kernel launch covers up to kMaxTensorsPerLaunch tensors (of one
+// Launch helpers of every CUDA kernel. Multi-tensor launches: one kernel launch covers up to kMaxTensorsPerLaunch tensors (of one
 // dtype), one thread block per chunk of kChunkElements elements. Tensor pointers and sizes
 // travel as a by-value kernel argument (as in torch's MultiTensorApply), so a launch needs no
 // allocation and no host-device copy. Indices are int64 throughout (tensors over 2^31 elements).
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 namespace winnow::cuda {
@@ -82,11 +87,13 @@ __device__ __forceinline__ void add_skipped(int64_t* counter, int skipped) {
 
 // Host side: fills a TensorListMeta for consecutive groups of tensors and calls
 // launch(meta, num_blocks) for each. elem_bytes[k] is the element size of pointer slot k
-// (0 for a slot that may be null, e.g. an optional mask); aux[t] the integers of tensor t.
+// (0 for a slot that may be null, e.g. an optional mask); aux[k][t] the integers of tensor t.
+// numels[t] counts tensor t's units of work, units_per_block of them per thread block (the
+// default: a chunk of elements, for for_chunk; a kernel may count rows or column tiles instead).
 template <typename Meta, size_t N, typename Launch>
 void launch_over(const std::vector<std::array<void*, N>>& ptrs, const std::vector<int64_t>& numels,
                  const std::array<int, N>& elem_bytes, Launch&& launch,
-                 const std::vector<std::vector<int64_t>>& aux = {}) {
+                 const std::vector<std::vector<int64_t>>& aux = {}, int64_t units_per_block = kChunkElements) {
   Meta meta{};
   int64_t blocks = 0;
   auto flush = [&] {
@@ -109,11 +116,62 @@ void launch_over(const std::vector<std::array<void*, N>>& ptrs, const std::vecto
     meta.numel[slot] = numels[t];
     for (size_t k = 0; k < aux.size(); ++k) meta.aux[k][slot] = aux[k][t];
     meta.first_block[slot] = blocks;
-    blocks += (numels[t] + kChunkElements - 1) / kChunkElements;
+    blocks += (numels[t] + units_per_block - 1) / units_per_block;
     meta.num_tensors++;
     if (meta.num_tensors == Meta::kMaxTensors) flush();
   }
   flush();
+}
+
+constexpr int kWarp = 32;
+
+// The sum over a warp's 32 lanes, in every lane (a fixed tree: deterministic).
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+// The current device's multiprocessor count, asked once per device (grid sizes of grid-stride
+// kernels; cudaDeviceGetAttribute on every launch costs a driver call).
+inline int sm_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};
+  const int device = c10::cuda::current_device();
+  if (device >= kMaxDevices) {
+    int sms = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  }
+  int sms = cached[device].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cached[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+// Grid of a grid-stride kernel over `units` (threads, or warps, ...), `per_block` per block:
+// enough blocks for every unit, at most `waves` per multiprocessor.
+inline int grid_for(int64_t units, int64_t per_block, int waves = 8) {
+  const int64_t needed = (units + per_block - 1) / per_block;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sm_count()) * waves)));
+}
+
+inline void* ptr(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
+
+// Groups tensors by the dtype of `keys` (one kernel instantiation each) and hands every group to
+// launch(dtype, indices), the positions in `keys` of that group's tensors, in order.
+template <typename Launch>
+void per_dtype(at::TensorList keys, Launch&& launch,
+               std::initializer_list<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
+  for (auto dtype : dtypes) {
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i].scalar_type() == dtype) idx.push_back(i);
+    }
+    if (!idx.empty()) launch(dtype, idx);
+  }
 }
 
 }  // namespace winnow::cuda

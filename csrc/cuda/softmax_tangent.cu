@@ -14,26 +14,17 @@
 #include <algorithm>
 #include <tuple>
 
+#include "multi_tensor.cuh"
 #include "winnow/softmax_tangent.h"
 
 namespace winnow::softmax {
 namespace {
 
-constexpr int kWarp = 32;
+using cuda::kWarp;
+using cuda::warp_sum;
 constexpr int kWarpsPerBlock = 8;
 
-template <typename T>
-__device__ __forceinline__ T warp_sum(T x) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-int blocks_for(int64_t rows) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-  const int64_t needed = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sms) * 16)));
-}
+int blocks_for(int64_t rows) { return cuda::grid_for(rows, kWarpsPerBlock, 16); }
 
 template <typename scalar_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ p, const scalar_t* __restrict__ ds,

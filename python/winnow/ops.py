@@ -195,7 +195,8 @@ def rank_prune(
     (exp_avg_ipt / exp_avg_unc, float32 or float64). Triplet scores
     S = ipt_E*unc_E + (mean over A's row of ipt_A*unc_A + mean over B's column of ipt_B*unc_B);
     the num_masked-th smallest S over all modules is the threshold and lora_E is zeroed in place
-    where S <= threshold (num_masked = 0 masks nothing). Returns (scores, keep), both flat over
+    where S <= threshold (num_masked = 0 masks nothing). S ranks as a number with -0 == +0 and
+    NaN (the empty mean of a zero-width module) lowest. Returns (scores, keep), both flat over
     all modules' triplets in order; nothing syncs with the host.
     """
     if isinstance(num_masked, bool) or not isinstance(num_masked, int):
@@ -211,14 +212,20 @@ def rank_prune(
 def masked_topk(scores: Sequence[Tensor], unmasked: Sequence[Tensor] | None, k: int) -> list[Tensor]:
     """Global top-k over every still-masked entry (unmasked[i] False) of a list of score tensors.
 
-    Returns, per tensor, the sorted flat int64 indices of its chosen entries (k in all). Ties at
-    the k-th value go to the lowest (tensor, element) index, so the choice is deterministic.
-    Scores are float32 or float64 (one dtype per call); nothing is concatenated.
+    Returns, per tensor, the sorted flat int64 indices of its chosen entries (k in all, or every
+    still-masked entry when there are fewer). Scores rank as numbers with -0 == +0 and NaN below
+    every number; ties at the k-th value go to the lowest (tensor, element) index, so the choice
+    is deterministic. Scores are float32 or float64 (one dtype per call); nothing is
+    concatenated. One host sync on CUDA (the output sizes).
     """
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     masks = [] if unmasked is None else _tensor_list("unmasked", unmasked)
-    return torch.ops.winnow.masked_topk(_tensor_list("scores", scores), masks, k)
+    scores = _tensor_list("scores", scores)
+    # Hand-written kernels for CPU and CUDA; elsewhere the same selection composed of ATen ops.
+    kernel = scores[0].device.type in ("cpu", "cuda", "meta")
+    op = torch.ops.winnow.masked_topk if kernel else torch.ops.winnow._masked_topk_aten
+    return op(scores, masks, k)
 
 
 def oba_score_accumulate(thetas: Sequence[Tensor], h_thetas: Sequence[Tensor], scores: Sequence[Tensor]) -> None:
@@ -355,6 +362,9 @@ def _masked_topk_fake(scores, unmasked, k):
     _one_device("masked_topk", scores=scores, unmasked=unmasked)
     ctx = torch.library.get_ctx()
     return [s.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for s in scores]
+
+
+torch.library.register_fake("winnow::_masked_topk_aten")(_masked_topk_fake)
 
 
 @torch.library.register_fake("winnow::act_tangent")

@@ -101,8 +101,17 @@ def masked_adamw_step(
             flat_p[idx] = pv.to(p.dtype)
 
 
+def _rank(v: float) -> tuple[int, float]:
+    """The ranking rule of every selection (csrc/include/winnow/order_key.h): numbers by value,
+    -0 == +0 (Python compares them equal), NaN below every number, -inf included."""
+    return (0, 0.0) if v != v else (1, v)
+
+
 def rank_prune(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
-    """peft's mask_to_budget on statistics given as lists (k = 0 masks nothing instead of failing)."""
+    """peft's mask_to_budget on statistics given as lists (k = 0 masks nothing instead of failing):
+    the num_masked-th smallest triplet score is the threshold, every score at or below it is
+    masked. Scores rank by _rank (NaN, from a zero-width module's empty mean, lowest: masked
+    first), where peft's kthvalue would rank NaN highest."""
     with torch.no_grad():
         scores = []
         for ie, ue, ia, ua, ib, ub in zip(ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B):
@@ -110,10 +119,11 @@ def rank_prune(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
             mean_b = (ib * ub).mean(dim=0).view(-1, 1)
             scores.append((ie * ue).view(-1) + torch.cat([mean_a, mean_b], dim=1).sum(dim=1))
         flat = torch.cat(scores)
+        values = flat.tolist()
+        keep = torch.ones_like(flat, dtype=torch.bool)
         if num_masked > 0:
-            keep = ~(flat <= torch.kthvalue(flat, num_masked).values)
-        else:
-            keep = torch.ones_like(flat, dtype=torch.bool)
+            threshold = sorted(map(_rank, values))[num_masked - 1]
+            keep = torch.tensor([_rank(v) > threshold for v in values], dtype=torch.bool, device=flat.device)
         offset = 0
         for e in lora_E:
             r = e.shape[0]
@@ -123,17 +133,19 @@ def rank_prune(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
 
 
 def masked_topk(scores, unmasked, k):
-    """Brute force: sort every masked (score, tensor, index) triple, best first, ties by index."""
+    """Brute force: sort every masked (score, tensor, index) triple, best first by _rank, ties by
+    (tensor, index); the first k (all of them when fewer are masked)."""
     entries = []
     for t, s in enumerate(scores):
         flat = s.reshape(-1).tolist()
         skip = unmasked[t].reshape(-1).tolist() if unmasked else [False] * len(flat)
         for i, (v, u) in enumerate(zip(flat, skip)):
             if not u:
-                entries.append((float("-inf") if v != v else v, t, i))
-    entries.sort(key=lambda e: (-e[0], e[1], e[2]))
+                rank, value = _rank(v)
+                entries.append((-rank, -value, t, i))
+    entries.sort()
     out = [[] for _ in scores]
-    for _, t, i in entries[:k]:
+    for *_, t, i in entries[:k]:
         out[t].append(i)
     return [torch.tensor(sorted(o), dtype=torch.int64) for o in out]
 

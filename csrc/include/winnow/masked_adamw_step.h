@@ -82,6 +82,14 @@ WINNOW_HD void update(acc_t& p, acc_t g, acc_t& m, acc_t& v, acc_t& vmax, const 
   p = p + c.neg_step_size * m / denom;
 }
 
+// A block index outside [0, num_blocks) is the optimizer's bookkeeping gone wrong: both backends
+// refuse it before anything is written, with this message (the CUDA kernel prints it on the
+// device, then asserts; the CPU raises it as a ValueError).
+#define WINNOW_BLOCK_RANGE_FORMAT \
+  "masked_adamw_step: active_blocks[%lld] holds block %lld but params[%lld] has %lld blocks of %lld"
+
+WINNOW_HD bool block_in_range(int64_t block, int64_t num_blocks) { return block >= 0 && block < num_blocks; }
+
 template <typename F>
 inline void dispatch_flags(bool amsgrad, bool maximize, F&& f) {
   using T = std::true_type;
@@ -96,7 +104,9 @@ inline void dispatch_flags(bool amsgrad, bool maximize, F&& f) {
 }  // namespace winnow::adamw
 
 // ---- host side: validation shared by both backends ----
+#include <cstdio>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "winnow/checks.h"
@@ -109,6 +119,14 @@ struct StepInputs {
 
 // Number of blocks of a tensor of n elements.
 inline int64_t num_blocks(int64_t n, int64_t block_size) { return (n + block_size - 1) / block_size; }
+
+inline std::string block_range_message(int64_t tensor, int64_t block, int64_t blocks, int64_t block_size) {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), WINNOW_BLOCK_RANGE_FORMAT, static_cast<long long>(tensor),
+                static_cast<long long>(block), static_cast<long long>(tensor), static_cast<long long>(blocks),
+                static_cast<long long>(block_size));
+  return buf;
+}
 
 inline StepInputs check_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,

@@ -1,46 +1,16 @@
 #pragma once
 // masked_topk: the global top-k over the still-masked entries of a list of score tensors,
-// without concatenating them (ID3's selection step). Radix select on order-preserving integer
-// keys of the scores; ties at the k-th value go to the lowest (tensor, element) index, so the
-// result is deterministic. Shared by csrc/cpu/masked_topk.cpp (and a CUDA launcher).
+// without concatenating them (ID3's selection step). Radix select on the order keys of
+// winnow/order_key.h (-0 == +0, NaN below every number); ties at the k-th key go to the lowest
+// (tensor, element) index, so the result is deterministic. When fewer than k entries are still
+// masked, all of them are returned. Shared by csrc/cpu/masked_topk.cpp and
+// csrc/cuda/masked_topk.cu (csrc/masked_topk_aten.cpp composes the same rule from ATen ops).
 #include <cstdint>
 
 #include "winnow/macros.h"
+#include "winnow/order_key.h"
 
 namespace winnow::topk {
-
-// Unsigned key with the same order as the float: flip all bits of negatives, set the sign bit
-// of positives. NaN gets key 0, below every number (never preferred).
-// Branch-free so that CPU loops vectorise.
-WINNOW_HD uint32_t bits_of(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  return __builtin_bit_cast(uint32_t, x);  // (memcpy defeats GCC's vectoriser here)
-#endif
-}
-
-WINNOW_HD uint64_t bits_of(double x) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint64_t>(__double_as_longlong(x));
-#else
-  return __builtin_bit_cast(uint64_t, x);
-#endif
-}
-
-WINNOW_HD uint32_t order_key(float x) {
-  const uint32_t b = bits_of(x);
-  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(b) >> 31) | 0x80000000u;
-  const bool nan = (b & 0x7fffffffu) > 0x7f800000u;  // integer test: keeps the loop integer-only
-  return nan ? 0u : (b ^ flip);
-}
-
-WINNOW_HD uint64_t order_key(double x) {
-  const uint64_t b = bits_of(x);
-  const uint64_t flip = static_cast<uint64_t>(static_cast<int64_t>(b) >> 63) | 0x8000000000000000ull;
-  const bool nan = (b & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
-  return nan ? 0ull : (b ^ flip);
-}
 
 constexpr int kDigitBits = 11;
 constexpr int kBins = 1 << kDigitBits;
@@ -60,6 +30,18 @@ WINNOW_HD bool has_prefix(key_t key, key_t prefix, int pass, int bits) {
   if (known == 0) return true;
   const int shift = bits - known;
   return shift <= 0 ? key == prefix : (key >> shift) == (prefix >> shift);
+}
+
+// `prefix` with digit `pass` set to d (its lower digits are still zero).
+template <typename key_t>
+WINNOW_HD key_t with_digit(key_t prefix, int d, int pass, int bits) {
+  const int shift = bits - (pass + 1) * kDigitBits;
+  return prefix | (shift >= 0 ? (static_cast<key_t>(d) << shift) : (static_cast<key_t>(d) >> -shift));
+}
+
+template <typename key_t>
+constexpr int num_passes() {
+  return (8 * static_cast<int>(sizeof(key_t)) + kDigitBits - 1) / kDigitBits;
 }
 
 }  // namespace winnow::topk

@@ -22,17 +22,6 @@ WINNOW_HD void accumulate(double& score, T theta, T h_theta) {
   score += static_cast<double>(theta) * static_cast<double>(h_theta);
 }
 
-// cols[slot] for slot = g * B + b: column b of group g's rows, summed in a fixed order. Both
-// backends call this per slot (the row sums are plain contiguous sums, reduced per backend).
-WINNOW_HD double column_sum(const double* s, int64_t slot, int64_t b_n, int64_t k_n, int64_t rows_per_group) {
-  const int64_t g = slot / b_n, b = slot % b_n;
-  double total = 0;
-  for (int64_t a = g * rows_per_group; a < (g + 1) * rows_per_group; ++a) {
-    for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
-  }
-  return total;
-}
-
 }  // namespace winnow::oba
 
 // ---- host side: validation shared by both backends ----

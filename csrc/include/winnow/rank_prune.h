@@ -4,9 +4,12 @@
 //   S = s(E_i) + (mean_k s(A_ik) + mean_k s(B_ki)),   s = exp_avg_ipt * exp_avg_unc,
 // added in peft's order (mask_to_budget: ipt_E + sum(cat[mean_A, mean_B])). The k-th smallest
 // S over all modules is the threshold; E_i is zeroed where S <= threshold (ties included, as in
-// peft); k = 0 masks nothing. Shared by csrc/cpu/rank_prune.cpp and csrc/cuda/rank_prune.cu.
+// peft); k = 0 masks nothing. Scores rank by winnow/order_key.h: -0 == +0 and NaN (the empty
+// mean of a zero-width module) lowest, so masked first (peft's kthvalue would rank NaN highest).
+// Shared by csrc/cpu/rank_prune.cpp and csrc/cuda/rank_prune.cu.
 #include "winnow/importance_update.h"
 #include "winnow/macros.h"
+#include "winnow/order_key.h"
 
 namespace winnow::rank {
 
@@ -15,10 +18,11 @@ WINNOW_HD acc_t triplet_score(acc_t score_e, acc_t mean_a, acc_t mean_b) {
   return score_e + (mean_a + mean_b);
 }
 
-// A triplet survives when its score is above the threshold (no threshold: all survive).
+// A triplet survives when its score ranks above the threshold, given as the signed order key
+// of the k-th smallest score (no threshold: all survive).
 template <typename acc_t>
-WINNOW_HD bool keeps(acc_t score, const acc_t* threshold) {
-  return threshold == nullptr || !(score <= *threshold);  // peft masks `S <= threshold`
+WINNOW_HD bool keeps(acc_t score, const int64_t* threshold_key) {
+  return threshold_key == nullptr || signed_order_key(score) > *threshold_key;
 }
 
 }  // namespace winnow::rank
