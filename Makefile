@@ -20,7 +20,7 @@ export CUDA_HOME
 
 BUILD_INPUTS := $(shell find csrc cmake -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: all demo test build bench clean distclean
+.PHONY: all demo test build bench gpu-check clean distclean
 
 all: test
 
@@ -81,6 +81,11 @@ demo: $(DEMO_BUILD) $(VENV)/.demo-data
 
 bench: build
 	$(VENV)/bin/winnow bench --all
+
+# On a machine with an NVIDIA GPU (no package registry needed): build against its python3's CUDA
+# torch, the CUDA tests, compute-sanitizer, host-sync and 64-bit checks, the CUDA benchmarks.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build python/winnow/_C*.so $(VENV)/.winnow $(VENV)/.winnow-cpu

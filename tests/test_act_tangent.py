@@ -6,11 +6,12 @@ import torch
 from winnow import ops, reference
 
 KINDS = list(ops.ACT_KINDS)
-TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2)}
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2),
+       torch.float16: (2e-3, 2e-3)}
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1,), (7,), (4097,), (3, 5, 33)])
 def test_forward_and_backward_match_the_reference(device, kind, dtype, shape):
     z = (3 * torch.randn(shape, dtype=torch.float64)).to(dtype).to(device)

@@ -133,6 +133,41 @@ def test_importance_score_matches_reference(device, n):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-12)
 
 
+def test_more_tensors_than_one_launch_holds(device):
+    """60 tensors of mixed dtypes: a CUDA launch holds 48 (updates) or 40 (means)."""
+    params, grads = make_case(device, [1, 33, 4097] * 20, nonfinite_at=[(59, 5)])
+    ipt, unc = zeros_like_stats(params, True), zeros_like_stats(params, True)
+    ipt_ref, unc_ref = [t.clone() for t in ipt], [t.clone() for t in unc]
+    cnt, cnt_ref = (torch.zeros(60, dtype=torch.int64, device=device) for _ in range(2))
+    ops.importance_update_adalora(params, grads, ipt, unc, 0.85, 0.7, cnt)
+    reference.importance_update_adalora(params, grads, ipt_ref, unc_ref, 0.85, 0.7, cnt_ref)
+    assert_close(ipt + unc, ipt_ref + unc_ref)
+    assert cnt.tolist() == cnt_ref.tolist() and cnt[59].item() == 1
+    masks = [torch.rand(p.shape, device=device) < 0.3 for p in params]
+    ops.importance_update_id3(params, grads, ipt, masks, eps=1e-3, exponent=0.5, beta=0.5, nonfinite=cnt)
+    reference.importance_update_id3(params, grads, ipt_ref, masks, eps=1e-3, exponent=0.5, beta=0.5, nonfinite=cnt_ref)
+    assert_close(ipt, ipt_ref)
+    assert cnt.tolist() == cnt_ref.tolist()
+    shaped = [torch.rand(3 + i % 5, 40 - i % 7, device=device, dtype=torch.float64 if i % 3 else torch.float32)
+              for i in range(60)]
+    shaped_unc = [torch.rand_like(t) for t in shaped]
+    dims = [(None, 0, 1)[i % 3] for i in range(60)]
+    got = ops.importance_score(shaped, shaped_unc, dims)
+    want = reference.importance_score(shaped, shaped_unc, dims)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-12)
+
+
+def test_importance_score_of_long_columns_and_rows(device):
+    """Means over 4097 rows (tiles of columns on CUDA) and along 4097 columns (a warp per row)."""
+    ipt = [torch.rand(4097, 37, device=device), torch.rand(37, 4097, device=device, dtype=torch.float64),
+           torch.rand(0, 5, device=device), torch.rand(5, 0, device=device)]
+    unc = [torch.rand_like(t) for t in ipt]
+    dims = [0, 1, 0, 1]
+    for g, w in zip(ops.importance_score(ipt, unc, dims), reference.importance_score(ipt, unc, dims)):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-12, equal_nan=True)
+
+
 # ---- against peft's RankAllocator.update_ipt (the anchor) ----
 
 

@@ -42,7 +42,7 @@ def clone_all(case):
     ([300, 301], [300, 301]),            # whole-tensor granularity
 ])
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
-@pytest.mark.parametrize("amsgrad, maximize", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("amsgrad, maximize", [(False, False), (True, False), (False, True), (True, True)])
 def test_matches_reference(device, numels, block_sizes, density, amsgrad, maximize):
     case = make_case(device, numels, block_sizes, density, amsgrad)
     ref = clone_all(case)
@@ -65,6 +65,20 @@ def test_matches_reference(device, numels, block_sizes, density, amsgrad, maximi
         assert torch.equal(p[~active], p0[~active])
 
 
+def test_more_tensors_than_one_launch_holds(device):
+    numels = [1, 300, 4097, 65] * 10  # 40 parameters of mixed dtypes (a CUDA launch holds 28)
+    sizes = [1, 7, 64, 65] * 10
+    case = make_case(device, numels, sizes, 0.5, True)
+    ref = clone_all(case)
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=0.05, eps=1e-8, amsgrad=True, maximize=True)
+    ops.masked_adamw_step(*case, sizes, **hp)
+    reference.masked_adamw_step(*ref, sizes, **hp)
+    for got, want in zip(case, ref):
+        for g, w in zip(got, want):
+            tol = (1e-2, 1e-3) if g.dtype in (torch.bfloat16, torch.float16) else (1e-6, 1e-7)
+            torch.testing.assert_close(g, w, rtol=tol[0], atol=tol[1])
+
+
 def test_grad_scale_and_found_inf(device):
     case = make_case(device, [1000], [64], 0.5, False)
     ref = clone_all(case)
@@ -82,15 +96,19 @@ def test_grad_scale_and_found_inf(device):
             assert torch.equal(g, w)  # nothing moved, no step counted
 
 
-def test_bad_block_index_is_an_error_not_a_write():
+@pytest.mark.parametrize("bad", [7, -1, 2**61 + 1])  # 2**61 + 1: its offset 64 * block wraps int64
+def test_bad_block_index_is_an_error_not_a_write(bad):
+    """The CPU raises this message; the CUDA kernel prints the same one (WINNOW_BLOCK_RANGE_FORMAT)
+    and raises a device-side assert (run by `make gpu-check`: an assert ends the CUDA context)."""
     p, g = torch.randn(100), torch.randn(100)
-    blocks = torch.tensor([0, 7])  # 100 elements / 64 = 2 blocks: 7 is out of range
+    blocks = torch.tensor([0, bad])  # 100 elements / 64 = 2 blocks
     state = lambda: torch.zeros(2 * 64)  # noqa: E731
-    before = p.clone()
-    with pytest.raises(ValueError, match=r"active_blocks\[0\] holds block 7 but params\[0\] has 2 blocks"):
-        ops.masked_adamw_step([p], [g], [state()], [state()], [], [blocks], [torch.zeros(2, dtype=torch.int32)], [64],
+    before, steps = p.clone(), torch.zeros(2, dtype=torch.int32)
+    message = rf"masked_adamw_step: active_blocks\[0\] holds block {bad} but params\[0\] has 2 blocks of 64"
+    with pytest.raises(ValueError, match=message):
+        ops.masked_adamw_step([p], [g], [state()], [state()], [], [blocks], [steps], [64],
                               lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8)
-    assert torch.equal(p, before)
+    assert torch.equal(p, before) and not steps.any()
 
 
 def test_opcheck(device):

@@ -37,6 +37,16 @@ def test_distinct_scores_without_masks_equal_torch_topk():
     assert {o + int(i) for o, g in zip(offsets, got) for i in g} == top
 
 
+def reference_topk_fast(scores, masks, k):
+    """reference.masked_topk's rule with a stable sort (the brute force is slow past 10^5 entries)."""
+    flat = torch.cat([s.double() for s in scores])
+    candidates = (~torch.cat(masks)).nonzero().flatten()
+    order = torch.sort(-flat[candidates], stable=True).indices[:k]  # no NaN here: by value, then position
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen[candidates[order]] = True
+    return [c.nonzero().flatten() for c in chosen.split([s.numel() for s in scores])]
+
+
 NAN, INF = float("nan"), float("inf")
 # (scores, unmasked, k, expected indices): the ranking rule of csrc/include/winnow/order_key.h
 # (-0 == +0, NaN below -inf), ties to the lowest index, all candidates when fewer than k.
@@ -84,11 +94,25 @@ def test_bad_input():
         ops.masked_topk([], None, 0)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("op", ["masked_topk", "_masked_topk_aten"])
+def test_opcheck(device, op):
     gen = torch.Generator().manual_seed(0)
-    s = [torch.rand(50, generator=gen), torch.rand(30, generator=gen)]
-    m = [torch.rand(50, generator=gen) < 0.3, torch.rand(30, generator=gen) < 0.3]
-    torch.library.opcheck(torch.ops.winnow.masked_topk.default, (s, m, 5))
+    s = [torch.rand(50, generator=gen).to(device), torch.rand(30, generator=gen).to(device)]
+    m = [(torch.rand(50, generator=gen) < 0.3).to(device), (torch.rand(30, generator=gen) < 0.3).to(device)]
+    torch.library.opcheck(getattr(torch.ops.winnow, op).default, (s, m, 5))
+
+
+@pytest.mark.parametrize("frac", [0.0001, 0.3, 1.0])
+def test_more_tensors_than_one_launch_holds(device, frac):
+    """60 tensors (a CUDA launch holds 48), some past one 65536-element chunk, misaligned views."""
+    gen = torch.Generator().manual_seed(4)
+    sizes = [1, 33, 70001, 4097] * 15
+    bases = [torch.randint(0, 50, (n + 1,), generator=gen).float() / 3 for n in sizes]  # many ties
+    masks = [torch.rand(n, generator=gen) < 0.3 for n in sizes]
+    k = int(sum(int((~m).sum()) for m in masks) * frac)
+    got = ops.masked_topk([b.to(device)[1:] for b in bases], [m.to(device) for m in masks], k)
+    for g, w in zip(got, reference_topk_fast([b[1:] for b in bases], masks, k)):
+        assert torch.equal(g.cpu(), w)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -382,11 +382,11 @@ def test_fast_path_handles_parameters_used_directly_and_buffers():
         torch.testing.assert_close(fast[n], w, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_score_epilogue_kernel_matches_the_reference(device, dtype):
     from winnow import ops, reference
 
-    shapes = [(1,), (7,), (4097,), (5, 3, 3, 3)]
+    shapes = [(1,), (7,), (4097,), (5, 3, 3, 3)] + [(33,)] * 50  # more tensors than one CUDA launch holds
     thetas = [torch.randn(s, dtype=torch.float64).to(dtype).to(device) for s in shapes]
     hs = [torch.randn(s, dtype=torch.float64).to(dtype).to(device) for s in shapes]
     ours = [torch.randn(s, dtype=torch.float64, device=device) for s in shapes]

@@ -103,3 +103,20 @@ def test_negative_and_positive_zero_tie(device):
     scores, keep = ops.rank_prune(e, *stats, 1)
     assert keep.cpu().tolist() == [False, True, False]
     assert torch.equal(keep.cpu(), reference.rank_prune([t.cpu() for t in e], *[[t.cpu() for t in lst] for lst in stats], 1)[1])
+
+
+def test_more_modules_than_one_launch_holds(device):
+    """50 modules (a CUDA launch of means holds 40), odd shapes, lora_E of every float dtype."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(1 + i % 12, 1 + (7 * i) % 97, 1 + (5 * i) % 61) for i in range(50)]
+    e, stats = module_stats(shapes, lambda *s: torch.rand(*s, generator=gen).to(device))
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+    e = [t.to(dtypes[i % 4]) for i, t in enumerate(e)]
+    e_ref = [t.clone() for t in e]
+    total = sum(r for r, _, _ in shapes)
+    scores, keep = ops.rank_prune(e, *stats, total // 3)
+    ref_scores, ref_keep = reference.rank_prune(e_ref, *stats, total // 3)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-6, atol=1e-12)
+    assert torch.equal(keep, ref_keep) and int((~keep).sum()) == total // 3
+    for a, b in zip(e, e_ref):
+        assert torch.equal(a, b)

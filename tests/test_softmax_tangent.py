@@ -6,7 +6,8 @@ import torch
 
 from winnow import ops, reference
 
-TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2)}
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2),
+       torch.float16: (2e-3, 2e-3)}
 
 
 def rows(shape, dtype, device):
@@ -15,7 +16,7 @@ def rows(shape, dtype, device):
     return p, ds, g
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1,), (7,), (4097,), (2, 3, 33), (5, 1)])
 def test_forward_and_backward_match_the_reference(device, dtype, shape):
     p, ds, g = rows(shape, dtype, device)

@@ -238,7 +238,7 @@ def oba_score_accumulate(thetas: Sequence[Tensor], h_thetas: Sequence[Tensor], s
 def oba_channel_sums(scores: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
     """(rows, cols) of a weight's float64 scores viewed as (dim 0, dim 1, rest): rows[a] sums
     row a; cols has groups * size(1) entries, the sum over each group's rows of its columns (a
-    grouped conv's per-input-channel sums). One read of the scores."""
+    grouped conv's per-input-channel sums), in a fixed summation order."""
     if not isinstance(scores, Tensor):
         raise TypeError(f"scores must be a tensor, got {type(scores).__name__}")
     if isinstance(groups, bool) or not isinstance(groups, int):

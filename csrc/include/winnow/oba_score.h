@@ -5,7 +5,7 @@
 // every parameter. Shared by csrc/cpu/oba_score.cpp and csrc/cuda/oba_score.cu.
 //
 // oba_channel_sums: the segmented sums that turn a weight's float64 scores, viewed as
-// (A, B, K) = (dim 0, dim 1, the rest), into per-structure scores in one read:
+// (A, B, K) = (dim 0, dim 1, the rest), into per-structure scores in one call:
 //   rows[a] = sum over b, k of s[a, b, k]                       (Conv/Linear: output channels)
 //   cols[g * B + b] = sum over a in group g, k of s[a, b, k]      (input channels)
 // With G groups, dim 0 splits into G equal groups and group g's dim 1 is its own slice of

@@ -29,16 +29,14 @@ WINNOW_HD uint64_t bits_of(double x) {
 // Flip all bits of negatives and set the sign bit of positives: the unsigned order is then the
 // numeric order. -0 is read as +0 first; NaN (any sign or payload) gets key 0, below -inf's.
 WINNOW_HD uint32_t order_key(float x) {
-  uint32_t b = bits_of(x);
-  b = b == 0x80000000u ? 0u : b;  // -0 -> +0
+  const uint32_t b = bits_of(x + 0.0f);  // -0 + 0 = +0 (round to nearest); every other x is kept
   const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(b) >> 31) | 0x80000000u;
   const bool nan = (b & 0x7fffffffu) > 0x7f800000u;  // integer test: keeps the loop integer-only
   return nan ? 0u : (b ^ flip);
 }
 
 WINNOW_HD uint64_t order_key(double x) {
-  uint64_t b = bits_of(x);
-  b = b == 0x8000000000000000ull ? 0ull : b;
+  const uint64_t b = bits_of(x + 0.0);
   const uint64_t flip = static_cast<uint64_t>(static_cast<int64_t>(b) >> 63) | 0x8000000000000000ull;
   const bool nan = (b & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
   return nan ? 0ull : (b ^ flip);
