@@ -113,13 +113,11 @@ __global__ void __launch_bounds__(kBlockThreads) pick_digit_kernel(int pass, Sta
   }
 }
 
-// The threshold key and whether an entry is a candidate above / at it.
+// The threshold key: the k-th largest, or 0 (the lowest key) when every candidate is taken.
 template <typename key_t>
 struct Threshold {
   key_t key;
-  bool all;
-  __device__ explicit Threshold(const State* state)
-      : key(state->all ? key_t(0) : static_cast<key_t>(state->prefix)), all(state->all != 0) {}
+  __device__ explicit Threshold(const State* state) : key(state->all ? key_t(0) : static_cast<key_t>(state->prefix)) {}
 };
 
 // Packed per-chunk counts: keys above the threshold in the high 32 bits, keys equal to it in the
