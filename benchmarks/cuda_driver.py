@@ -260,9 +260,8 @@ def act_checks():
                 dz, gy, gdy = (mk(tuple(z.shape), dt) for _ in range(3))
                 tag = f"act_tangent({kind}, {dt}, {shape})"
                 check(tag, ops.act_tangent(z, dz, kind), ops.act_tangent(cpu(z), cpu(dz), kind), *TOL[dt])
-                k = ops.ACT_KINDS[kind]
-                check(tag + " backward", torch.ops.winnow.act_tangent_backward(z, dz, gy, gdy, k),
-                      torch.ops.winnow.act_tangent_backward(cpu(z), cpu(dz), cpu(gy), cpu(gdy), k), *TOL[dt])
+                check(tag + " backward", ops.act_tangent_backward(z, dz, gy, gdy, kind),
+                      ops.act_tangent_backward(cpu(z), cpu(dz), cpu(gy), cpu(gdy), kind), *TOL[dt])
 
 
 def softmax_checks():
@@ -277,8 +276,8 @@ def softmax_checks():
             ds, g = mk(tuple(p.shape), dt), mk(tuple(p.shape), dt)
             tag = f"softmax_tangent({dt}, {shape})"
             check(tag, ops.softmax_tangent(p, ds), ops.softmax_tangent(cpu(p), cpu(ds)), *TOL[dt])
-            check(tag + " backward", torch.ops.winnow.softmax_tangent_backward(p, ds, g),
-                  torch.ops.winnow.softmax_tangent_backward(cpu(p), cpu(ds), cpu(g)), *TOL[dt])
+            check(tag + " backward", ops.softmax_tangent_backward(p, ds, g),
+                  ops.softmax_tangent_backward(cpu(p), cpu(ds), cpu(g)), *TOL[dt])
     p = torch.softmax(torch.randn(9, 6, device=DEV), 0).t()
     ds = torch.randn(6, 9, device=DEV)
     check("softmax_tangent strided", ops.softmax_tangent(p, ds), ops.softmax_tangent(cpu(p), cpu(ds)), *TOL[F32])
@@ -330,9 +329,9 @@ def sync_checks():
                                                            grad_scale=one, found_inf=one * 0),
         "rank_prune": lambda: ops.rank_prune(E, *st, 2),
         "act_tangent": lambda: ops.act_tangent(z, z, "gelu"),
-        "act_tangent_backward": lambda: torch.ops.winnow.act_tangent_backward(z, z, z, z, 2),
+        "act_tangent_backward": lambda: ops.act_tangent_backward(z, z, z, z, "gelu"),
         "softmax_tangent": lambda: ops.softmax_tangent(z, z),
-        "softmax_tangent_backward": lambda: torch.ops.winnow.softmax_tangent_backward(z, z, z),
+        "softmax_tangent_backward": lambda: ops.softmax_tangent_backward(z, z, z),
         "oba_score_accumulate": lambda: ops.oba_score_accumulate([z], [z], [torch.zeros_like(z, dtype=F64)]),
         "oba_channel_sums": lambda: ops.oba_channel_sums(z.double(), 1),
         "masked_topk": lambda: ops.masked_topk(I, None, 100),

@@ -10,7 +10,7 @@
 #endif
 
 TORCH_LIBRARY(winnow, m) {
-  // importance_update family (csrc/include/winnow/importance_update.h)
+  // importance_update (csrc/include/winnow/importance_update.h), importance_score (importance_score.h)
   m.def(
       "importance_update_adalora(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avg_ipt, "
       "Tensor(b!)[] exp_avg_unc, float beta1, float beta2, Tensor(c!) nonfinite) -> ()");
@@ -34,7 +34,7 @@ TORCH_LIBRARY(winnow, m) {
   // act_tangent family, for the fast H-theta path (csrc/include/winnow/act_tangent.h)
   m.def("act_tangent(Tensor z, Tensor dz, int kind) -> (Tensor y, Tensor dy)");
   m.def("act_tangent_backward(Tensor z, Tensor dz, Tensor gy, Tensor gdy, int kind) -> (Tensor gz, Tensor gdz)");
-  // OBA's score epilogue (csrc/include/winnow/oba_score.h)
+  // OBA's score epilogue (csrc/include/winnow/oba_score_accumulate.h, oba_channel_sums.h)
   m.def("oba_score_accumulate(Tensor[] thetas, Tensor[] h_thetas, Tensor(a!)[] scores) -> ()");
   m.def("oba_channel_sums(Tensor scores, int groups) -> (Tensor rows, Tensor cols)");
   // softmax_tangent family, attention in the fast H-theta path (csrc/include/winnow/softmax_tangent.h)

@@ -35,6 +35,32 @@ def test_cuda_archs_are_well_formed_and_cover_the_visible_gpu():
         assert cc in real or any(v <= cc for v in virtual), f"{archs} cannot run on compute capability {cc}"
 
 
+def _family(op: str) -> str:
+    """The files an op lives in: its own name, or the op it is a variant or the backward of."""
+    for suffix in ("_backward", "_adalora", "_id3"):
+        if op.endswith(suffix):
+            return op[: -len(suffix)]
+    return op
+
+
+def test_every_op_is_found_by_its_name_in_every_layer():
+    """The README's layout rule: op <op> of family <f> has csrc/include/winnow/<f>.h,
+    csrc/cpu/<f>.cpp, csrc/cuda/<f>.cu, winnow.ops.<op>, winnow.reference.<op>, tests/test_<f>.py."""
+    from winnow import ops, reference
+
+    root = Path(__file__).resolve().parents[1]
+    names = re.findall(r'm\.def\(\s*"(\w+)\(', (root / "csrc" / "bindings.cpp").read_text())
+    public = [n for n in names if not n.startswith("_")]
+    assert len(public) >= 12, public
+    for op in public:
+        f = _family(op)
+        for path in (f"csrc/include/winnow/{f}.h", f"csrc/cpu/{f}.cpp", f"csrc/cuda/{f}.cu", f"tests/test_{f}.py"):
+            assert (root / path).is_file(), f"{op}: no {path}"
+        assert op in (root / f"csrc/cpu/{f}.cpp").read_text() and op in (root / f"csrc/cuda/{f}.cu").read_text(), op
+        assert callable(getattr(ops, op, None)) and op in ops.__all__, f"{op}: no winnow.ops.{op}"
+        assert callable(getattr(reference, op, None)), f"{op}: no winnow.reference.{op}"
+
+
 def _cmake():
     try:
         import cmake

@@ -382,69 +382,6 @@ def test_fast_path_handles_parameters_used_directly_and_buffers():
         torch.testing.assert_close(fast[n], w, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_score_epilogue_kernel_matches_the_reference(device, dtype):
-    from winnow import ops, reference
-
-    shapes = [(1,), (7,), (4097,), (5, 3, 3, 3)] + [(33,)] * 50  # more tensors than one CUDA launch holds
-    thetas = [torch.randn(s, dtype=torch.float64).to(dtype).to(device) for s in shapes]
-    hs = [torch.randn(s, dtype=torch.float64).to(dtype).to(device) for s in shapes]
-    ours = [torch.randn(s, dtype=torch.float64, device=device) for s in shapes]
-    ref = [o.clone() for o in ours]
-    ops.oba_score_accumulate(thetas, hs, ours)
-    reference.oba_score_accumulate(thetas, hs, ref)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-15, atol=1e-15)  # same float64 products, in any order
-    torch.library.opcheck(torch.ops.winnow.oba_score_accumulate.default, (thetas, hs, [o.clone() for o in ours]))
-
-
-def test_score_epilogue_kernel_bad_input():
-    from winnow import ops
-
-    t = [torch.randn(3)]
-    with pytest.raises(TypeError, match="scores\\[0\\] must be float64"):
-        ops.oba_score_accumulate(t, t, [torch.zeros(3)])
-    with pytest.raises(ValueError, match="h_thetas\\[0\\] has shape"):
-        ops.oba_score_accumulate(t, [torch.randn(4)], [torch.zeros(3, dtype=torch.float64)])
-    with pytest.raises(ValueError, match="empty"):
-        ops.oba_score_accumulate([], [], [])
-    with pytest.raises(ValueError, match="contiguous"):
-        ops.oba_score_accumulate([torch.randn(3, 2)], [torch.randn(3, 2)], [torch.zeros(2, 3, dtype=torch.float64).t()])
-
-
-@pytest.mark.parametrize("shape,groups", [((1, 1), 1), ((7, 3), 1), ((4097, 2), 1), ((6, 4, 3, 3), 3),
-                                          ((8, 5, 7), 2), ((4, 0, 2), 2), ((0, 3), 1)])
-def test_channel_sums_kernel_matches_the_reference(device, shape, groups):
-    from winnow import ops, reference
-
-    s = torch.randn(shape, dtype=torch.float64, device=device)
-    rows, cols = ops.oba_channel_sums(s, groups)
-    want_rows, want_cols = reference.oba_channel_sums(s, groups)
-    torch.testing.assert_close(rows, want_rows, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(cols, want_cols, rtol=1e-12, atol=1e-12)
-    assert cols.shape == (groups * shape[1],)
-    torch.library.opcheck(torch.ops.winnow.oba_channel_sums.default, (s, groups))
-    strided = torch.randn(shape[1], shape[0], dtype=torch.float64, device=device).t()  # a transposed view
-    if len(shape) == 2:
-        torch.testing.assert_close(ops.oba_channel_sums(strided, groups)[1],
-                                   reference.oba_channel_sums(strided.contiguous(), groups)[1])
-
-
-def test_channel_sums_kernel_bad_input():
-    from winnow import ops
-
-    with pytest.raises(TypeError, match="scores must be float64"):
-        ops.oba_channel_sums(torch.randn(3, 2), 1)
-    with pytest.raises(ValueError, match="at least 2 dims"):
-        ops.oba_channel_sums(torch.randn(3, dtype=torch.float64), 1)
-    with pytest.raises(ValueError, match="divisible by groups"):
-        ops.oba_channel_sums(torch.randn(5, 2, dtype=torch.float64), 2)
-    with pytest.raises(ValueError, match="groups must be >= 1"):
-        ops.oba_channel_sums(torch.randn(4, 2, dtype=torch.float64), 0)
-    with pytest.raises(TypeError, match="groups must be an int"):
-        ops.oba_channel_sums(torch.randn(4, 2, dtype=torch.float64), 1.0)
-
-
 def test_transposed_conv_and_separate_kv_projection_sums():
     deconv = nn.ConvTranspose2d(4, 6, 3, groups=2)  # weight (in=4, out/groups=3, 3, 3)
     s = {"weight": torch.randn(4, 3, 3, 3, dtype=torch.float64), "bias": torch.randn(6, dtype=torch.float64)}

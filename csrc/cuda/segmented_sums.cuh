@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "multi_tensor.cuh"
-#include "winnow/importance_update.h"
+#include "winnow/importance_score.h"
 
 namespace winnow::cuda {
 

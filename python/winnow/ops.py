@@ -11,7 +11,8 @@ from torch import Tensor
 
 __all__ = [
     "importance_update_adalora", "importance_update_id3", "importance_score", "masked_adamw_step", "rank_prune",
-    "masked_topk", "act_tangent", "ACT_KINDS", "oba_score_accumulate", "oba_channel_sums", "softmax_tangent",
+    "masked_topk", "act_tangent", "act_tangent_backward", "ACT_KINDS", "oba_score_accumulate", "oba_channel_sums",
+    "softmax_tangent", "softmax_tangent_backward",
 ]
 
 # act_tangent's `kind` (csrc/include/winnow/act_tangent.h holds the same table)
@@ -254,13 +255,22 @@ def softmax_tangent(p: Tensor, ds: Tensor) -> Tensor:
     return torch.ops.winnow.softmax_tangent(p, ds)
 
 
+def softmax_tangent_backward(p: Tensor, ds: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """softmax_tangent's vector-Jacobian product in (p, ds) for the output gradient g, one pass
+    per row: gp = g (ds - <p, ds>) - ds <g, p>, gds = p (g - <g, p>)."""
+    for name, t in (("p", p), ("ds", ds), ("g", g)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    return torch.ops.winnow.softmax_tangent_backward(p, ds, g)
+
+
 def _softmax_tangent_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
 def _softmax_tangent_backward(ctx, g):
     p, ds = ctx.saved_tensors
-    return torch.ops.winnow.softmax_tangent_backward(p, ds, g)
+    return softmax_tangent_backward(p, ds, g)
 
 
 torch.library.register_autograd("winnow::softmax_tangent", _softmax_tangent_backward,
@@ -282,10 +292,19 @@ def act_tangent(z: Tensor, dz: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     return torch.ops.winnow.act_tangent(z, dz, _act_kind(kind))
 
 
+def act_tangent_backward(z: Tensor, dz: Tensor, gy: Tensor, gdy: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """act_tangent's vector-Jacobian product for the gradients gy of f(z) and gdy of f'(z) dz, in
+    one pass: gz = gy f'(z) + gdy f''(z) dz (the curvature term), gdz = gdy f'(z)."""
+    for name, t in (("z", z), ("dz", dz), ("gy", gy), ("gdy", gdy)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    return torch.ops.winnow.act_tangent_backward(z, dz, gy, gdy, _act_kind(kind))
+
+
 def _act_tangent_setup(ctx, inputs, output):
     z, dz, kind = inputs
     ctx.save_for_backward(z, dz)
-    ctx.kind = kind
+    ctx.kind = kind  # the int code (the op's argument)
 
 
 def _act_tangent_backward(ctx, gy, gdy):

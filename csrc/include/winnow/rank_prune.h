@@ -7,7 +7,7 @@
 // peft); k = 0 masks nothing. Scores rank by winnow/order_key.h: -0 == +0 and NaN (the empty
 // mean of a zero-width module) lowest, so masked first (peft's kthvalue would rank NaN highest).
 // Shared by csrc/cpu/rank_prune.cpp and csrc/cuda/rank_prune.cu.
-#include "winnow/importance_update.h"
+#include "winnow/importance_score.h"
 #include "winnow/macros.h"
 #include "winnow/order_key.h"
 

@@ -1,9 +1,7 @@
-// CPU launchers of oba_score_accumulate (one parallel pass per tensor) and oba_channel_sums
-// (rows in parallel, then input-channel slots in parallel; each sum in a fixed order, so the
-// result is deterministic). Math and index map in winnow/oba_score.h.
-#include "winnow/oba_score.h"
+// CPU launcher of oba_channel_sums (index map in winnow/oba_channel_sums.h): the rows in parallel,
+// then the input-channel slots in parallel, each sum in a fixed order.
+#include "winnow/oba_channel_sums.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -21,21 +19,6 @@ double column_sum(const double* s, int64_t slot, int64_t b_n, int64_t k_n, int64
     for (int64_t k = 0; k < k_n; ++k) total += s[(a * b_n + b) * k_n + k];
   }
   return total;
-}
-
-void oba_score_accumulate_cpu(at::TensorList thetas, at::TensorList h_thetas, at::TensorList scores) {
-  check_accumulate(thetas, h_thetas, scores);
-  for (size_t t = 0; t < thetas.size(); ++t) {
-    const at::Tensor theta = thetas[t].contiguous(), h = h_thetas[t].contiguous();
-    double* s = scores[t].data_ptr<double>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "oba_score_accumulate", [&] {
-      const scalar_t* a = theta.const_data_ptr<scalar_t>();
-      const scalar_t* b = h.const_data_ptr<scalar_t>();
-      at::parallel_for(0, theta.numel(), 32768, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) accumulate(s[i], a[i], b[i]);
-      });
-    });
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> oba_channel_sums_cpu(const at::Tensor& scores_in, int64_t groups) {
@@ -64,9 +47,6 @@ std::tuple<at::Tensor, at::Tensor> oba_channel_sums_cpu(const at::Tensor& scores
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(winnow, CPU, m) {
-  m.impl("oba_score_accumulate", &oba_score_accumulate_cpu);
-  m.impl("oba_channel_sums", &oba_channel_sums_cpu);
-}
+TORCH_LIBRARY_IMPL(winnow, CPU, m) { m.impl("oba_channel_sums", &oba_channel_sums_cpu); }
 
 }  // namespace winnow::oba
