@@ -26,7 +26,7 @@ def loss_of(model, batch):
 
 def test_each_step_unmasks_the_brute_force_top_u():
     model = net()
-    opt = winnow.ID3(model, budget=47, total_steps=6, eps=1e-3, exp=1.0, lr=0.05, weight_decay=0.1)
+    opt = winnow.ID3(model, budget=47, total_steps=6, eps=1e-3, exponent=1.0, lr=0.05, weight_decay=0.1)
     for step, batch in enumerate(batches(6)):
         opt.zero_grad()
         loss_of(model, batch).backward()
@@ -178,3 +178,12 @@ def test_bad_input():
         opt.step()
     with pytest.raises(ValueError, match="beyond it"):
         opt.step()
+
+
+def test_exp_is_an_alias_of_exponent():
+    """`exp=` (the authors' toolkit's name) sets the same exponent; giving both differently is an error."""
+    model = net()
+    assert winnow.ID3(model, budget=10, total_steps=2, exp=0.0).id3_exponent == 0.0
+    assert winnow.ID3(model, budget=10, total_steps=2, exponent=0.5).id3_exponent == 0.5
+    with pytest.raises(ValueError, match="exp is an alias of exponent"):
+        winnow.ID3(model, budget=10, total_steps=2, exponent=0.5, exp=2.0)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from winnow import ops
+from winnow.dtypes import stat_dtype
 from winnow.optim.masked_adamw import MaskedAdamW
 
 
@@ -34,7 +35,7 @@ def fingerprint(named: Iterable[tuple[str, Tensor]]) -> str:
 
 
 class ID3(MaskedAdamW):
-    """Each step scores the still-masked parameters, H = |g| / (|theta| + eps)^exp (the fused
+    """Each step scores the still-masked parameters, H = |g| / (|theta| + eps)^exponent (the fused
     importance kernel), unmasks the global top-u_t of them (u_t = budget // total_steps, plus one
     for the first budget % total_steps steps), then takes an AdamW step on the unmasked set only.
 
@@ -45,12 +46,18 @@ class ID3(MaskedAdamW):
     toolkit keeps dense Adam state with one global step count).
 
     `params`: a model, (name, parameter) pairs, or parameters (named params.<i>). The Adam epsilon
-    is `adam_eps`; `eps` and `exp` are ID3's.
+    is `adam_eps`; `eps` and `exponent` are ID3's (`exp=`, the authors' toolkit's name, is
+    accepted for `exponent`).
     """
 
-    def __init__(self, params, budget: int, total_steps: int, eps: float = 1e-8, exp: float = 1.0,
+    def __init__(self, params, budget: int, total_steps: int, eps: float = 1e-8, exponent: float = 1.0,
                  block_size: int = 1, lr: float = 1e-3, betas=(0.9, 0.999), adam_eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False):
+                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False, *,
+                 exp: float | None = None):
+        if exp is not None:
+            if exponent != 1.0 and exponent != exp:
+                raise ValueError(f"exp is an alias of exponent: give one of them (got exponent={exponent}, exp={exp})")
+            exponent = exp
         named = _named(params)
         if len({p.device for _, p in named}) != 1:
             raise ValueError("ID3 selects one global top-u: all parameters must be on one device")
@@ -67,7 +74,7 @@ class ID3(MaskedAdamW):
                          amsgrad=amsgrad, maximize=maximize, block_size=block_size, state_policy="drop")
         self.names = [n for n, _ in named]
         self.budget, self.total_steps = budget, total_steps
-        self.id3_eps, self.id3_exp = float(eps), float(exp)
+        self.id3_eps, self.id3_exponent = float(eps), float(exponent)
         self.id3_block_size = block_size
         self.id3_step = 0
         self.base_fingerprint = fingerprint(named)
@@ -76,7 +83,7 @@ class ID3(MaskedAdamW):
             self.set_mask(p, torch.zeros(0, dtype=torch.int64, device=p.device))  # nothing trains yet
         # Workspace (not optimizer state): a unit mask and a score buffer per parameter.
         self._unmasked = [torch.zeros(self.num_blocks(p), dtype=torch.bool, device=p.device) for p in self._params]
-        self._scores = [torch.zeros(p.shape, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32,
+        self._scores = [torch.zeros(p.shape, dtype=stat_dtype(p.dtype),
                                     device=p.device) for p in self._params]
         self._nonfinite = torch.zeros(len(self._params), dtype=torch.int64, device=self._params[0].device)
         self._initial = [[] for _ in self._params]  # (unit indices, their values before training) per step
@@ -117,7 +124,7 @@ class ID3(MaskedAdamW):
             [self._params[i].detach() for i in idx], [self._params[i].grad for i in idx],
             [self._scores[i] for i in idx],
             [self._unmasked[i].view(self._params[i].shape) for i in idx] if bs == 1 else None,
-            eps=self.id3_eps, exponent=self.id3_exp, beta=0.0, nonfinite=cnt,
+            eps=self.id3_eps, exponent=self.id3_exponent, beta=0.0, nonfinite=cnt,
         )
         self._nonfinite[torch.tensor(idx, device=device)] += cnt
         if bs == 1:

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from winnow import ops
+from winnow.dtypes import stat_dtype
 
 MODES = ("adalora", "id3")
 
@@ -62,7 +63,7 @@ class ImportanceTracker:
         self.exponent = float(exponent)
         self.step = 0
         stat = lambda p: torch.zeros(  # noqa: E731
-            p.shape, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32, device=p.device
+            p.shape, dtype=stat_dtype(p.dtype), device=p.device
         )
         if mode == "adalora":
             self.exp_avg_ipt = [stat(p) for p in self.params]

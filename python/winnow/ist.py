@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from winnow.optim.masked_adamw import STATE_POLICIES
+
 LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "encoder.layer", "bert.encoder.layer",
                "model.decoder.layers", "layers")
 
@@ -96,8 +98,8 @@ class ISTController:
             raise ValueError(f"suppression_factor must be >= 0, got {suppression_factor}")
         if n_rollouts < 1 or score_interval < 1:
             raise ValueError("n_rollouts and score_interval must be >= 1")
-        if state_policy not in ("keep", "drop", "offload"):
-            raise ValueError(f"state_policy must be keep, drop or offload, got {state_policy!r}")
+        if state_policy not in STATE_POLICIES:
+            raise ValueError(f"state_policy must be one of {STATE_POLICIES}, got {state_policy!r}")
         self.model = model
         self.layers = find_layers(model, layers_path)
         L = len(self.layers)
@@ -116,15 +118,16 @@ class ISTController:
         self.scalings = [_Scaling(layer) for layer in self.layers]
         self.active_layers: list[int] = list(range(L))
         self.history: list[dict] = []
-        self._check_optimizer()
+        if optimizer is not None:
+            self.check_optimizer(optimizer)
 
-    def _check_optimizer(self) -> None:
-        if self.optimizer is None:
-            return
-        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+    def check_optimizer(self, optimizer, who: str = "the optimizer") -> None:
+        """Raises unless `optimizer` holds every parameter IST switches (an optimizer built after
+        the layers were frozen would silently never train them)."""
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = sum(1 for ps in self.layer_params for p in ps if id(p) not in held)
         if missing:
-            raise ValueError(f"the optimizer does not hold {missing} of the layers' trainable parameters")
+            raise ValueError(f"{who} does not hold {missing} of the layers' trainable parameters that IST switches")
 
     # ---- sampling ----
 

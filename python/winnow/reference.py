@@ -8,15 +8,13 @@ import math
 import torch
 from torch import Tensor
 
-
-def _stat_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from winnow.dtypes import stat_dtype
 
 
 def importance_update_adalora(params, grads, exp_avg_ipt, exp_avg_unc, beta1, beta2, nonfinite) -> None:
     with torch.no_grad():
         for i, (p, g, ibar, ubar) in enumerate(zip(params, grads, exp_avg_ipt, exp_avg_unc)):
-            acc = _stat_dtype(p)
+            acc = stat_dtype(p.dtype)
             ipt = (p.to(acc) * g.to(acc)).abs()
             ok = torch.isfinite(ipt)
             new_ibar = beta1 * ibar + (1 - beta1) * ipt
@@ -31,7 +29,7 @@ def importance_update_id3(
 ) -> None:
     with torch.no_grad():
         for i, (p, g, s) in enumerate(zip(params, grads, scores)):
-            acc = _stat_dtype(p)
+            acc = stat_dtype(p.dtype)
             h = g.to(acc).abs() / (p.to(acc).abs() + eps) ** exponent
             ok = torch.isfinite(h)
             if unmasked is not None:
@@ -63,7 +61,7 @@ def masked_adamw_step(
     with torch.no_grad():
         for i, p in enumerate(params):
             bs = block_sizes[i]
-            acc = _stat_dtype(p)
+            acc = stat_dtype(p.dtype)
             blocks = active_blocks[i]
             block_steps[i] += 1
             nblocks = blocks.numel()

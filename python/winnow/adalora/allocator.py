@@ -164,13 +164,20 @@ class RankAllocator:
                     self._tracker.exp_avg_unc[3 * k + j].copy_(peft_allocator.exp_avg_unc[name])
 
 
-def accelerate(peft_model: nn.Module) -> nn.Module:
-    """Swap the RankAllocator of a peft AdaLoRA model for winnow's fused one, in place: same masks,
-    same rank_pattern, same calls (model.base_model.update_and_allocate(step)), faster."""
+def peft_adalora_tuner(peft_model: nn.Module, who: str) -> nn.Module:
+    """The module of a peft AdaLoRA model that owns its RankAllocator (peft's AdaLoraModel); `who`
+    names the caller in the error when there is none."""
     # PeftModel forwards attribute reads to its tuner, so look for the module that owns the allocator.
     tuner = next((m for m in peft_model.modules() if "rankallocator" in vars(m)), None)
     if tuner is None:
-        raise ValueError("accelerate() needs a peft AdaLoRA model (get_peft_model with an AdaLoraConfig)")
+        raise ValueError(f"{who} needs a peft AdaLoRA model (get_peft_model with an AdaLoraConfig)")
+    return tuner
+
+
+def accelerate(peft_model: nn.Module) -> nn.Module:
+    """Swap the RankAllocator of a peft AdaLoRA model for winnow's fused one, in place: same masks,
+    same rank_pattern, same calls (model.base_model.update_and_allocate(step)), faster."""
+    tuner = peft_adalora_tuner(peft_model, "accelerate()")
     old = tuner.rankallocator
     if isinstance(old, RankAllocator):
         return peft_model

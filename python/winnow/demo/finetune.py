@@ -182,7 +182,7 @@ def setup_id3(model, args):
             lora_budget += args.rank * (mod.in_features + mod.out_features)
     head = list(getattr(model, head_name(model)).parameters())
     body = [(n, p) for n, p in model.named_parameters() if not n.startswith(head_prefix)]
-    id3 = winnow.ID3(body, budget=lora_budget, total_steps=args.steps, eps=1e-8, exp=1.0, lr=args.lr["id3"])
+    id3 = winnow.ID3(body, budget=lora_budget, total_steps=args.steps, eps=1e-8, exponent=1.0, lr=args.lr["id3"])
     return model, [id3, _adamw(head, args.lr["id3"])], (lambda step: None), \
         (lambda: f"{id3.unmasked_count()} weights unmasked")
 

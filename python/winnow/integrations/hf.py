@@ -1,6 +1,7 @@
 """transformers Trainer callbacks for winnow's methods."""
 from transformers import TrainerCallback
 
+from winnow.adalora.allocator import peft_adalora_tuner
 from winnow.adalora.schedule import check_schedule
 
 
@@ -16,9 +17,7 @@ class AdaLoRACallback(TrainerCallback):
         if hasattr(target, "update_and_allocate") and hasattr(target, "config"):
             self._update, self._config = target.update_and_allocate, target.config  # winnow AdaLoRA
         else:
-            tuner = next((m for m in target.modules() if "rankallocator" in vars(m)), None)
-            if tuner is None:
-                raise ValueError("AdaLoRACallback needs a winnow AdaLoRA or a peft AdaLoRA model")
+            tuner = peft_adalora_tuner(target, "AdaLoRACallback (or a winnow AdaLoRA)")
             self._update = tuner.update_and_allocate
             self._config = tuner.peft_config[tuner.trainable_adapter_name]
         self.steps_seen: list[int] = []
@@ -49,10 +48,7 @@ class ISTCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is not None:
-            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-            missing = sum(1 for ps in self.controller.layer_params for p in ps if id(p) not in held)
-            if missing:
-                raise ValueError(f"the Trainer's optimizer does not hold {missing} adapter parameters IST switches")
+            self.controller.check_optimizer(optimizer, "the Trainer's optimizer")
 
     def _probe(self):
         import torch

@@ -5,13 +5,10 @@ import torch
 from torch import Tensor
 
 from winnow import ops
+from winnow.dtypes import stat_dtype
 
 STATE_POLICIES = ("keep", "drop", "offload")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-def _stat_dtype(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 class MaskedAdamW(torch.optim.Optimizer):
@@ -114,7 +111,7 @@ class MaskedAdamW(torch.optim.Optimizer):
             state["active_blocks"] = torch.arange(nb, dtype=torch.int64, device=param.device)
             state["block_step"] = torch.zeros(nb, dtype=torch.int32, device=param.device)
             for key in self._keys(group):
-                state[key] = torch.zeros(nb * bs, dtype=_stat_dtype(param), device=param.device)
+                state[key] = torch.zeros(nb * bs, dtype=stat_dtype(param.dtype), device=param.device)
         return state
 
     @staticmethod
@@ -195,7 +192,7 @@ class MaskedAdamW(torch.optim.Optimizer):
             sources.append((state["parked_blocks"].to(dev),
                             {k: state["parked_" + k].to(dev).view(-1, bs) for k in keys},
                             state["parked_block_step"].to(dev)))
-        rows = {k: torch.zeros(new_blocks.numel(), bs, dtype=_stat_dtype(param), device=param.device) for k in keys}
+        rows = {k: torch.zeros(new_blocks.numel(), bs, dtype=stat_dtype(param.dtype), device=param.device) for k in keys}
         steps = torch.zeros(new_blocks.numel(), dtype=torch.int32, device=param.device)
         for blocks, src_rows, src_steps in sources:
             pos, found = self._locate(blocks, new_blocks)
@@ -345,7 +342,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 t = saved.get(prefix + k)
                 if t is None or t.numel() != n * bs:
                     raise ValueError(f"state of parameter {pid}: {prefix + k} must hold {n * bs} values")
-                out[prefix + k] = t.to(device=home[prefix + k], dtype=_stat_dtype(p)).contiguous()
+                out[prefix + k] = t.to(device=home[prefix + k], dtype=stat_dtype(p.dtype)).contiguous()
             out[blocks_key] = saved[blocks_key].to(device=home[blocks_key], dtype=torch.int64).contiguous()
             out[step_key] = saved[step_key].to(device=home[step_key], dtype=torch.int32).contiguous()
         return out
