@@ -82,6 +82,21 @@ def test_same_seed_same_sequence_and_resume():
     assert [c.begin_step(s) for s in range(5, 9)] == more_a
 
 
+def test_suppression_body_runs_without_grad_and_restores_on_error():
+    model = tiny_bert_lora()
+    model.eval()
+    ctl = ISTController(model)
+    base = out(model).detach().clone()
+    with ctl.suppress([0, 1], 0.5):
+        assert not torch.is_grad_enabled()  # the probe forward builds no graph
+        assert not out(model).requires_grad
+    assert torch.is_grad_enabled()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ctl.suppress([0, 1, 2, 3], 0.0):
+            raise RuntimeError("boom")
+    assert torch.equal(out(model).detach(), base)  # the scalings came back despite the error
+
+
 def test_suppression_identity_zero_and_exact_restore():
     model = tiny_bert_lora()
     model.eval()

@@ -6,6 +6,7 @@ n_rollouts probes suppress a random half of the layers' adapters (scaled by supp
 measure reward exp(-loss) and move the scores: s_i += score_lr * sum_k A_k 1[i in S_k] p_i (1 - p_i),
 A_k = R_k - mean(R), p = sigmoid(s) taken before the probes.
 """
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -187,23 +188,19 @@ class ISTController:
 
     # ---- probes ----
 
-    @torch.no_grad()
+    @contextlib.contextmanager
     def suppress(self, layers: list[int], factor: float):
-        """Context: the adapters of `layers` scaled by `factor`, restored exactly on exit."""
-        ctl = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                self_inner.saved = [ctl.scalings[i].get() for i in layers]
-                for i, vals in zip(layers, self_inner.saved):
-                    ctl.scalings[i].set([v * factor for v in vals])
-
-            def __exit__(self_inner, *exc):
-                for i, vals in zip(layers, self_inner.saved):
-                    ctl.scalings[i].set(vals)
-                return False
-
-        return _Ctx()
+        """Context: the adapters of `layers` scaled by `factor`, restored exactly on exit (also on
+        an exception); the body runs without autograd (a probe is an evaluation forward)."""
+        saved = [self.scalings[i].get() for i in layers]
+        try:
+            for i, vals in zip(layers, saved):
+                self.scalings[i].set([v * factor for v in vals])
+            with torch.no_grad():
+                yield
+        finally:
+            for i, vals in zip(layers, saved):
+                self.scalings[i].set(vals)
 
     @torch.no_grad()
     def update_scores(self, probe: Callable[[], object]) -> None:
