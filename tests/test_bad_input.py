@@ -161,3 +161,46 @@ def test_tracker_bad_config():
     p.grad = torch.zeros(2).to_sparse()
     with pytest.raises(TypeError, match="sparse"):
         winnow.ImportanceTracker([p]).update()
+
+
+def _bad_calls():
+    """(op, args, exception, message) of calls every kernel refuses; the fake kernels must too."""
+    f32, f64 = torch.float32, torch.float64
+    p = [torch.randn(5), torch.randn(2, 3)]
+    stats = [torch.zeros(5), torch.zeros(2, 3)]
+    nf = torch.zeros(2, dtype=torch.int64)
+    blocks, steps = [torch.tensor([0, 1])], [torch.zeros(2, dtype=torch.int32)]
+    w = torch.ops.winnow
+    return [
+        (w.importance_update_adalora, (p, p, [stats[0], stats[1].double()], stats, 0.8, 0.8, nf), TypeError,
+         r"exp_avg_unc\[1\]|exp_avg_ipt\[1\] must be Float|exp_avg_ipt\[1\] must be torch.float32"),
+        (w.importance_update_id3, (p, p, stats[:1], [], 1e-8, 1.0, 0.0, nf), ValueError,
+         "scores has 1 tensors but params has 2"),
+        (w.importance_score, ([torch.rand(5)], [torch.rand(5)], [0]), ValueError, r"mean_dims\[0\] = 0 needs a 2-D"),
+        (w.masked_adamw_step, ([torch.randn(10)], [torch.randn(10)], [torch.zeros(9)], [torch.zeros(10)], [], blocks,
+                               steps, [5], 1e-3, 0.9, 0.999, 0.0, 1e-8, False, False, None, None), ValueError,
+         r"exp_avgs\[0\] must be a contiguous tensor of"),
+        (w.rank_prune, ([torch.randn(3, 1)] * 2, *([[torch.rand(3, 1)]] * 6), 1), ValueError,
+         "ipt_E has 1 tensors but lora_E has 2"),
+        (w.masked_topk, ([torch.rand(4)], [], 5), ValueError, r"k must be in \[0, 4\]"),
+        (w.masked_topk, ([torch.rand(4).half()], [], 1), TypeError, "scores must be float32 or float64"),
+        (w.act_tangent, (torch.randn(3), torch.randn(3, dtype=f64), 1), TypeError, "dz is"),
+        (w.softmax_tangent, (torch.rand(3, 4), torch.rand(4, 3)), ValueError, "ds has shape"),
+        (w.oba_score_accumulate, ([torch.randn(3)], [torch.randn(3)], [torch.zeros(3, dtype=f32)]), TypeError,
+         r"scores\[0\] must be float64"),
+        (w.oba_channel_sums, (torch.zeros(6, 4, dtype=f64), 4), ValueError, "divisible by groups"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_fake_kernels_refuse_what_the_kernels_refuse(case):
+    """torch.compile traces with the fake kernels: a bad call fails there as it does eagerly."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op, args, exc, message = _bad_calls()[case]
+    with pytest.raises(exc, match=message):
+        op(*args)
+    with FakeTensorMode() as mode:
+        fake = torch.utils._pytree.tree_map_only(torch.Tensor, mode.from_tensor, args)
+        with pytest.raises(exc, match=message):
+            op(*fake)

@@ -1,8 +1,8 @@
-"""Typed entry points of winnow's kernels (torch.ops.winnow.*) and their fake kernels.
+"""Typed entry points of winnow's kernels (torch.ops.winnow.*).
 
 Validation lives once, in C++ (csrc/include/winnow/checks.h and each op's header), and raises
 ValueError / TypeError naming the argument; this module only checks the Python-level types
-that the dispatcher cannot see, and registers the shape rules torch.compile traces with.
+that the dispatcher cannot see. The fake kernels (what torch.compile traces) are in fake_kernels.
 """
 from collections.abc import Iterable, Sequence
 
@@ -318,108 +318,4 @@ def _act_tangent_backward(ctx, gy, gdy):
 torch.library.register_autograd("winnow::act_tangent", _act_tangent_backward, setup_context=_act_tangent_setup)
 
 
-# ---- fake kernels: shapes only, for FakeTensor / torch.compile tracing ----
-# They also serve the Meta key, which wins dispatch when one meta tensor hides among real
-# ones: so they check for one device per call, or such a call would silently do nothing.
-
-
-def _one_device(op: str, **lists) -> None:
-    device = None
-    for name, tensors in lists.items():
-        for i, t in enumerate([tensors] if isinstance(tensors, Tensor) else tensors):
-            if device is None:
-                device = t.device
-            elif t.device != device:
-                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but the other tensors are on {device}")
-
-
-@torch.library.register_fake("winnow::importance_update_adalora")
-def _importance_update_adalora_fake(params, grads, exp_avg_ipt, exp_avg_unc, beta1, beta2, nonfinite):
-    _one_device(
-        "importance_update_adalora", params=params, grads=grads, exp_avg_ipt=exp_avg_ipt,
-        exp_avg_unc=exp_avg_unc, nonfinite=nonfinite,
-    )
-
-
-@torch.library.register_fake("winnow::importance_update_id3")
-def _importance_update_id3_fake(params, grads, scores, unmasked, eps, exponent, beta, nonfinite):
-    _one_device(
-        "importance_update_id3", params=params, grads=grads, scores=scores, unmasked=unmasked, nonfinite=nonfinite
-    )
-
-
-@torch.library.register_fake("winnow::importance_score")
-def _importance_score_fake(exp_avg_ipt, exp_avg_unc, mean_dims):
-    _one_device("importance_score", exp_avg_ipt=exp_avg_ipt, exp_avg_unc=exp_avg_unc)
-    if len(exp_avg_ipt) != len(mean_dims):
-        raise ValueError("importance_score: mean_dims must have one entry per tensor")
-    return [
-        t.new_empty(t.shape if d == -1 else (t.shape[1 - d],)) for t, d in zip(exp_avg_ipt, mean_dims)
-    ]
-
-
-@torch.library.register_fake("winnow::masked_adamw_step")
-def _masked_adamw_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, active_blocks, block_steps,
-                            block_sizes, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, grad_scale=None,
-                            found_inf=None):
-    _one_device(
-        "masked_adamw_step", params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
-        max_exp_avg_sqs=max_exp_avg_sqs, active_blocks=active_blocks, block_steps=block_steps,
-    )
-
-
-@torch.library.register_fake("winnow::rank_prune")
-def _rank_prune_fake(lora_E, ipt_E, unc_E, ipt_A, unc_A, ipt_B, unc_B, num_masked):
-    _one_device("rank_prune", lora_E=lora_E, ipt_E=ipt_E, unc_E=unc_E, ipt_A=ipt_A, unc_A=unc_A, ipt_B=ipt_B,
-                unc_B=unc_B)
-    total = sum(e.shape[0] for e in lora_E)
-    return ipt_E[0].new_empty((total,)), ipt_E[0].new_empty((total,), dtype=torch.bool)
-
-
-@torch.library.register_fake("winnow::masked_topk")
-def _masked_topk_fake(scores, unmasked, k):
-    _one_device("masked_topk", scores=scores, unmasked=unmasked)
-    ctx = torch.library.get_ctx()
-    return [s.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for s in scores]
-
-
-torch.library.register_fake("winnow::_masked_topk_aten")(_masked_topk_fake)
-
-
-@torch.library.register_fake("winnow::act_tangent")
-def _act_tangent_fake(z, dz, kind):
-    _one_device("act_tangent", z=z, dz=dz)
-    return torch.empty_like(z, memory_format=torch.contiguous_format), \
-        torch.empty_like(z, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("winnow::act_tangent_backward")
-def _act_tangent_backward_fake(z, dz, gy, gdy, kind):
-    _one_device("act_tangent_backward", z=z, dz=dz, gy=gy, gdy=gdy)
-    return torch.empty_like(z, memory_format=torch.contiguous_format), \
-        torch.empty_like(z, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("winnow::oba_score_accumulate")
-def _oba_score_accumulate_fake(thetas, h_thetas, scores):
-    _one_device("oba_score_accumulate", thetas=thetas, h_thetas=h_thetas, scores=scores)
-
-
-@torch.library.register_fake("winnow::oba_channel_sums")
-def _oba_channel_sums_fake(scores, groups):
-    if scores.dim() < 2:
-        raise ValueError(f"oba_channel_sums: scores must have at least 2 dims, got shape {tuple(scores.shape)}")
-    return scores.new_empty((scores.shape[0],)), scores.new_empty((groups * scores.shape[1],))
-
-
-@torch.library.register_fake("winnow::softmax_tangent")
-def _softmax_tangent_fake(p, ds):
-    _one_device("softmax_tangent", p=p, ds=ds)
-    return torch.empty_like(p, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("winnow::softmax_tangent_backward")
-def _softmax_tangent_backward_fake(p, ds, g):
-    _one_device("softmax_tangent_backward", p=p, ds=ds, g=g)
-    return torch.empty_like(p, memory_format=torch.contiguous_format), \
-        torch.empty_like(p, memory_format=torch.contiguous_format)
+from winnow import fake_kernels  # noqa: E402,F401  (registers the fake kernels of every op)
