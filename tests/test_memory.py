@@ -1,4 +1,6 @@
 """winnow.memory: exact training-memory accounting and the sampled RSS peak."""
+import time
+
 import torch
 
 from winnow.memory import PeakMemory, TrainingMemory
@@ -26,9 +28,18 @@ def test_training_memory_counts_saved_activations_grads_and_state_exactly():
     assert tm.end_step() < tm.peak_bytes == saved + param_bytes + state
 
 
-def test_peak_memory_sees_a_block_that_is_freed_before_exit():
-    with PeakMemory("cpu") as pm:
-        big = torch.ones(16 << 20)  # 64 MiB, touched
+def test_peak_memory_sees_a_block_that_is_freed_before_exit(device):
+    """A 64 MiB block, alive for 50 sampling intervals, then freed inside the window: the peak
+    holds it. On CUDA the count is the allocator's, exact; on the CPU it is sampled RSS, which
+    other threads of the process move too, so the window is wide (but below two such blocks)."""
+    block = 64 << 20
+    with PeakMemory(device) as pm:
+        big = torch.ones(block // 4, device=device)
         big.add_(1)
+        if device.type == "cpu":
+            time.sleep(50 * pm.interval)  # the sampler runs every interval: it cannot miss the block
         del big
-    assert 56 << 20 <= pm.peak_bytes <= 96 << 20, pm.peak_bytes / 2**20
+    if device.type == "cuda":
+        assert pm.peak_bytes == block
+    else:
+        assert block - (8 << 20) <= pm.peak_bytes < 2 * block, pm.peak_bytes / 2**20

@@ -4,10 +4,10 @@ gradcheck; bad input."""
 import pytest
 import torch
 
+from tolerance import assert_within_pytorch_error
 from winnow import ops, reference
 
-TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2),
-       torch.float16: (2e-3, 2e-3)}
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6)}
 
 
 def rows(shape, dtype, device):
@@ -20,12 +20,23 @@ def rows(shape, dtype, device):
 @pytest.mark.parametrize("shape", [(1,), (7,), (4097,), (2, 3, 33), (5, 1)])
 def test_forward_and_backward_match_the_reference(device, dtype, shape):
     p, ds, g = rows(shape, dtype, device)
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(ops.softmax_tangent(p, ds), reference.softmax_tangent(p, ds), rtol=rtol, atol=atol)
-    got = ops.softmax_tangent_backward(p, ds, g)
-    want = reference.softmax_tangent_backward(p, ds, g)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    got = [ops.softmax_tangent(p, ds), *ops.softmax_tangent_backward(p, ds, g)]
+    same = [reference.softmax_tangent(p, ds), *reference.softmax_tangent_backward(p, ds, g)]
+    if dtype in (torch.bfloat16, torch.float16):
+        # Against the op's formula on the given p in float64 (a rounded p does not sum to 1 exactly,
+        # and the reference's softmax of log p would renormalise it), within 2x the error of the
+        # same formula in PyTorch at the dtype's precision.
+        def formula(p, ds):
+            return p * (ds - (p * ds).sum(-1, keepdim=True))
+
+        up = [t.double() for t in (p, ds, g)]
+        exact = [formula(*up[:2]), *reference.softmax_tangent_backward(*up)]
+        same = [formula(p, ds), *same[1:]]
+        for a, e, b in zip(got, exact, same):
+            assert_within_pytorch_error(a, e, b)
+        return
+    for a, b in zip(got, same):
+        torch.testing.assert_close(a, b, rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
 def test_masked_entries_stay_zero(device):
