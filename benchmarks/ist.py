@@ -34,7 +34,9 @@ def _case(case: str, seed: int = 0, finetune_argv=()):
         from winnow.demo import finetune
 
         # the demo's own parser and data path, fp32 (the demo's defaults, not re-typed here)
-        args = finetune.parser().parse_args(["--steps", "40", *finetune_argv])
+        ap = finetune.parser()
+        args = ap.parse_args(["--steps", "40", "--device", "cpu", *finetune_argv])
+        finetune.resolve(args, ap)
         args.model = args.model or finetune.bundled_model_path()
         data = finetune.prepare(args)
         model = finetune.load_model(args.model, len(args.labels), seed)

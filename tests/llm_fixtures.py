@@ -30,10 +30,11 @@ def decoder(kind: str = "llama", seed: int = 0):
     if kind == "llama":
         cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                       pad_token_id=0, eos_token_id=2, tie_word_embeddings=True)
+                                       pad_token_id=0, eos_token_id=2, tie_word_embeddings=True,
+                                       initializer_range=0.3)  # logits wide enough for adapters alone to move
         model = transformers.LlamaForCausalLM(cfg)
     else:
         cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                      pad_token_id=0, eos_token_id=2, bos_token_id=2)
+                                      pad_token_id=0, eos_token_id=2, bos_token_id=2, initializer_range=0.3)
         model = transformers.GPT2LMHeadModel(cfg)
     return model.eval()

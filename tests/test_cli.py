@@ -124,7 +124,7 @@ def test_ist_benchmark_builds_its_demo_case(tiny_text_task):
 
 def test_finetune_bad_csv_columns_are_named(tiny_text_task):
     model_dir, csv = tiny_text_task
-    with pytest.raises(ValueError, match="'text'"):
+    with pytest.raises(SystemExit, match="winnow finetune: .*'text'"):
         cli.main(["finetune", "--model", str(model_dir), "--data", str(csv), "--steps", "1", "--quiet"])
 
 

@@ -44,11 +44,12 @@ def load_csv(path, text_column: str = "text", label_column: str = "label", label
     return out, names
 
 
-def stratified_split(data, sizes: dict[str, int], seed: int = 0) -> dict[str, list[tuple[str, int]]]:
-    """Fixed, class-stratified splits of the given sizes (in order; the last may be None = the rest)."""
+def stratified_split(data, sizes: dict[str, int], seed: int = 0, key=lambda item: item[1]) -> dict[str, list]:
+    """Fixed, class-stratified splits of the given sizes (in order; the last may be None = the rest);
+    an item's class is key(item), by default its second field (a label)."""
     by_label = defaultdict(list)
     for item in data:
-        by_label[item[1]].append(item)
+        by_label[key(item)].append(item)
     rng = random.Random(seed)
     for items in by_label.values():
         rng.shuffle(items)
