@@ -185,15 +185,25 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
+def _batches(n: int, batch_size: int, progress: str | None):
+    """Batch starts, with a tqdm bar named `progress` (None: no bar)."""
+    starts = range(0, n, batch_size)
+    if progress is None:
+        return starts
+    from tqdm import tqdm
+
+    return tqdm(starts, desc=progress, ncols=90, leave=False)
+
+
 @torch.no_grad()
 def choice_logprobs(model: nn.Module, questions: Sequence[Question], pad_id: int, batch_size: int = 16,
-                    device=None) -> list[list[tuple[float, int]]]:
+                    device=None, progress: str | None = None) -> list[list[tuple[float, int]]]:
     """Per question, per choice: (sum of the continuation's token log-probabilities, its length)."""
     seqs = [(qi, ci, Example(q.prompt_ids + c, [IGNORE] * len(q.prompt_ids) + c))
             for qi, q in enumerate(questions) for ci, c in enumerate(q.choice_ids)]
     seqs.sort(key=lambda s: len(s[2].input_ids))  # similar lengths together: less padding
     out = [[None] * len(q.choice_ids) for q in questions]
-    for start in range(0, len(seqs), batch_size):
+    for start in _batches(len(seqs), batch_size, progress):
         chunk = seqs[start:start + batch_size]
         batch = collate([s[2] for s in chunk], pad_id, device)
         logits, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -205,11 +215,11 @@ def choice_logprobs(model: nn.Module, questions: Sequence[Question], pad_id: int
 
 
 def score_choices(model: nn.Module, questions: Sequence[Question], pad_id: int, batch_size: int = 16,
-                  device=None) -> dict[str, float]:
+                  device=None, progress: str | None = None) -> dict[str, float]:
     """Accuracy by the summed log-likelihood of each choice (`accuracy`) and by its per-token mean
     (`accuracy_per_token`), and the mean negative log-likelihood of the right answer per token
     (`answer_loss`)."""
-    lps = choice_logprobs(model, questions, pad_id, batch_size, device)
+    lps = choice_logprobs(model, questions, pad_id, batch_size, device, progress)
     hit = hit_norm = 0
     nll, tokens = 0.0, 0
     for q, choices in zip(questions, lps):
@@ -224,11 +234,12 @@ def score_choices(model: nn.Module, questions: Sequence[Question], pad_id: int, 
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, examples: Iterable[Example], pad_id: int, batch_size: int = 16, device=None) -> float:
+def mean_loss(model: nn.Module, examples: Iterable[Example], pad_id: int, batch_size: int = 16, device=None,
+              progress: str | None = None) -> float:
     """The held-out loss: next-token cross entropy over all labelled tokens of `examples`."""
     examples = sorted(examples, key=lambda e: len(e.input_ids))
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
+    for start in _batches(len(examples), batch_size, progress):
         batch = collate(examples[start:start + batch_size], pad_id, device)
         logits, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))

@@ -129,13 +129,14 @@ class CausalLMTask:
 
     def evaluate(self, model, device) -> dict:
         bs = self.args.eval_batch_size
+        bar = (lambda split: None) if self.args.quiet else (lambda split: f"  scoring {split}")
         if self.choice:
-            val = clm.score_choices(model, self.val, self.pad_id, bs, device)
-            test = clm.score_choices(model, self.test, self.pad_id, bs, device)
+            val = clm.score_choices(model, self.val, self.pad_id, bs, device, bar("val"))
+            test = clm.score_choices(model, self.test, self.pad_id, bs, device, bar("test"))
             return {"val acc": val["accuracy"], "test acc": test["accuracy"],
                     "test acc/token": test["accuracy_per_token"], "test loss": test["answer_loss"]}
-        return {"val loss": clm.mean_loss(model, self.val, self.pad_id, bs, device),
-                "test loss": clm.mean_loss(model, self.test, self.pad_id, bs, device)}
+        return {"val loss": clm.mean_loss(model, self.val, self.pad_id, bs, device, bar("val")),
+                "test loss": clm.mean_loss(model, self.test, self.pad_id, bs, device, bar("test"))}
 
     @property
     def columns(self) -> list[str]:

@@ -33,32 +33,40 @@ def loss_fn(model, batch):
     return F.cross_entropy(model(batch[0]), batch[1])
 
 
-def stream(x, y, batch_size, seed):
-    """Endless shuffled batches, epoch after epoch."""
+def stream(x, y, batch_size, seed, device="cpu"):
+    """Endless shuffled batches, epoch after epoch, on `device`."""
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(y), generator=g)
         for i in range(0, len(y) - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
-            yield x[idx], y[idx]
+            yield x[idx].to(device), y[idx].to(device)
 
 
-def train(model, batches, steps, lr):
+def train(model, batches, steps, lr, desc: str | None = None):
+    """Adam with a cosine schedule; a progress bar named `desc` (None: none)."""
+    from tqdm import tqdm
+
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _, b in zip(range(steps), batches):
-        opt.zero_grad()
-        loss_fn(model, b).backward()
-        opt.step()
-        sched.step()
+    with tqdm(total=steps, desc=desc, ncols=90, leave=False, disable=desc is None) as bar:
+        for _, b in zip(range(steps), batches):
+            opt.zero_grad()
+            loss = loss_fn(model, b)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
 
 @torch.no_grad()
 def accuracy(model, x, y, batch_size=1000) -> float:
     model.eval()
-    return sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    device = next(model.parameters()).device
+    return sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum())
                for i in range(0, len(y), batch_size)) / len(y)
 
 
@@ -138,7 +146,13 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
     ap.add_argument("--data", default=None, help="an image folder, torchvision ImageFolder layout (default: "
                                                  "Fashion-MNIST)")
     ap.add_argument("--image-size", type=int, default=32, help="side length images from --data are resized to")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible here")
     if any(not 0 < t < 1 for t in args.targets):
         ap.error("--targets must be fractions in (0, 1)")
     if args.epochs <= 0 or args.finetune_steps < 0 or args.batch_size < 1 or args.score_batches < 1:
@@ -150,32 +164,36 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
     (x, y), (xt, yt), data_name = load_data(args)
     args.batch_size = min(args.batch_size, len(y))
     torch.manual_seed(args.seed)
-    model = build_model(args.model, x.shape[1], int(y.max()) + 1)
+    model = build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device)
     steps = max(1, int(args.epochs * len(y) / args.batch_size))
-    train(model, stream(x, y, args.batch_size, args.seed), steps, args.lr)
-    example = x[:1]
+    bar = (lambda text: None) if args.quiet else (lambda text: text)
+    train(model, stream(x, y, args.batch_size, args.seed, args.device), steps, args.lr, bar("dense training"))
+    example = x[:1].to(args.device)
     base_flops, base_params = flops_and_params(model, example)
     dense_acc = accuracy(model, xt, yt)
     print(f"{data_name}: dense {type(model).__name__} {base_params} params, {base_flops / 1e6:.2f} MFLOPs, test acc {dense_acc:.4f} "
           f"after {steps} steps ({time.perf_counter() - t0:.0f} s)")
     g = torch.Generator().manual_seed(args.seed + 1)
     pick = torch.randperm(len(y), generator=g)[:args.score_batches * args.batch_size]
-    score_batches = [(x[i], y[i]) for i in pick.split(args.batch_size)]
+    score_batches = [(x[i].to(args.device), y[i].to(args.device)) for i in pick.split(args.batch_size)]
+
+    from tqdm import tqdm
 
     rows = []
-    for target in args.targets:
-        for method in args.methods:
-            t1 = time.perf_counter()
-            pruned = copy.deepcopy(model).eval()
-            imp, rescore = importance_and_rescore(method, score_batches)
-            prune_iteratively(pruned, example, imp, flops_ratio=target, before_step=rescore,
-                              ignored_layers=[final_layer(pruned)])
-            flops, params = flops_and_params(pruned, example)
-            after_prune = accuracy(pruned, xt, yt)
-            train(pruned, stream(x, y, args.batch_size, args.seed + 2), args.finetune_steps, args.lr / 2)
-            rows.append({"target": target, "method": method, "FLOPs kept": flops / base_flops,
-                         "params kept": params / base_params, "acc pruned": after_prune,
-                         "acc fine-tuned": accuracy(pruned, xt, yt), "s": time.perf_counter() - t1})
+    runs = [(t, m) for t in args.targets for m in args.methods]
+    for target, method in tqdm(runs, desc="prune + fine-tune", ncols=90, disable=args.quiet):
+        t1 = time.perf_counter()
+        pruned = copy.deepcopy(model).eval()
+        imp, rescore = importance_and_rescore(method, score_batches)
+        prune_iteratively(pruned, example, imp, flops_ratio=target, before_step=rescore,
+                          ignored_layers=[final_layer(pruned)])
+        flops, params = flops_and_params(pruned, example)
+        after_prune = accuracy(pruned, xt, yt)
+        train(pruned, stream(x, y, args.batch_size, args.seed + 2, args.device), args.finetune_steps, args.lr / 2,
+              bar(f"  {method} @ {target}: fine-tune"))
+        rows.append({"target": target, "method": method, "FLOPs kept": flops / base_flops,
+                     "params kept": params / base_params, "acc pruned": after_prune,
+                     "acc fine-tuned": accuracy(pruned, xt, yt), "s": time.perf_counter() - t1})
     cols = ["target", "method", "FLOPs kept", "params kept", "acc pruned", "acc fine-tuned", "s"]
     print(format_table(rows, cols))
     print(f"dense test acc {dense_acc:.4f}; fine-tuning: {args.finetune_steps} steps of {args.batch_size} for every "
