@@ -30,13 +30,16 @@ def model_folder() -> Path:
     """The converted model folder (made on first use; safetensors + config + tokenizer)."""
     import transformers
 
-    out = cache_dir() / f"{NAME}-transformers{transformers.__version__}"
+    out = cache_dir() / f"{NAME}-transformers{transformers.__version__}-v2"
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
     folder = gguf_folder()
     tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF)
-    fresh = transformers.AutoModelForCausalLM.from_config(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # dequantised: a plain fp32 model, saveable as any other
+        del config.quantization_config
+    fresh = transformers.AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(loaded.state_dict())
     tmp = out.with_name(out.name + ".partial")
     fresh.save_pretrained(tmp)
