@@ -91,6 +91,19 @@ def test_every_method_learns_a_multiple_choice_task_and_its_artifacts_reload(tin
 
 
 @pytest.mark.slow
+def test_gradient_checkpointing_changes_no_result(tiny_lm, tmp_path):
+    """Every method, IST's resting layers included, trains to the same numbers with checkpointing
+    (its memory saving shows on real sizes, not on a 2-layer model of 15-token sequences)."""
+    methods = ["lora", "ist", "adalora", "id3", "full"]
+    _, plain = run(tiny_lm, tmp_path / "plain", "--data", str(tiny_lm / "mc.jsonl"), "--methods", *methods)
+    _, ckpt = run(tiny_lm, tmp_path / "ckpt", "--data", str(tiny_lm / "mc.jsonl"), "--methods", *methods,
+                  "--gradient-checkpointing")
+    for a, b in zip(plain["rows"], ckpt["rows"]):
+        assert a["method"] == b["method"]
+        assert abs(a["test loss"] - b["test loss"]) < 1e-4 and a["test acc"] == b["test acc"], (a, b)
+
+
+@pytest.mark.slow
 def test_instruction_pairs_train_on_the_response_and_report_held_out_loss(tiny_lm, tmp_path):
     _, result = run(tiny_lm, tmp_path, "--data", str(tiny_lm / "pairs.csv"), "--methods", "lora", "--epochs", "2")
     (row,) = result["rows"]

@@ -224,6 +224,10 @@ def run_method(name, task, args):
     # from_pretrained returns the model in eval mode and the loop keeps it so: no dropout in any
     # method (the adapters' dropout is 0 too), the same for all of them.
     model = task.load_model().to(args.device)
+    if args.gradient_checkpointing:
+        # non-reentrant: correct with frozen inputs (adapters) and with IST's resting layers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     m = SETUPS[name](model, task, args)
     model, opts = m.model, m.opts
     # counted before training: IST later switches requires_grad off for the layers it rests
@@ -400,6 +404,8 @@ def parser(prog="python -m winnow.demo.finetune") -> argparse.ArgumentParser:
         ap.add_argument(f"--lr-{method}", type=float, default=None, help=argparse.SUPPRESS if method != "lora" else
                         "learning rates (--lr-lora, --lr-ist, --lr-adalora, --lr-id3, --lr-full); defaults per task")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute each layer's activations in backward instead of keeping them")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="bf16: mixed precision (autocast); auto: bf16 on CUDA and where the CPU has native bf16")
     ap.add_argument("--max-length", type=int, default=None, help="tokens per example (48 / 256 by task)")
