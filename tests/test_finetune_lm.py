@@ -155,3 +155,15 @@ def test_a_classifier_folder_is_refused_for_causal_lm(tmp_path):
     with pytest.raises(SystemExit, match="names no \\*ForCausalLM architecture"):
         cli.main(["finetune", "--task", "causal-lm", "--model", str(tmp_path / "bert"), "--data",
                   str(tmp_path / "d.csv"), "--steps", "1", "--quiet", "--test-size", "2", "--val-size", "2"])
+
+
+def test_lora_on_every_device(tiny_lm, tmp_path, device):
+    """--device cuda runs the same path (bf16 autocast there) where a GPU is present."""
+    out = tmp_path / "out"
+    assert cli.main(["finetune", "--model", str(tiny_lm / "model"), "--data", str(tiny_lm / "mc.jsonl"),
+                     "--methods", "lora", "--steps", "20", "--batch-size", "8", "--rank", "4", "--test-size", "40",
+                     "--val-size", "20", "--quiet", "--device", device.type, "--lr-lora", "2e-2",
+                     "--output-dir", str(out)]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["device"] == device.type and row["test acc"] >= 0.75 and row["peak train MB"] > 0
