@@ -58,6 +58,21 @@ def test_orth_reg_is_added_to_model_loss():
     torch.testing.assert_close(with_reg, without + ada.orth_reg_loss())
 
 
+def test_orth_reg_left_to_the_caller_is_not_added_to_model_loss():
+    """A loss computed outside the model's forward (the causal-LM loss) adds orth_reg_loss()
+    itself: the model's own .loss must then stay the bare task loss, or it would count twice."""
+    batch = {k: v.unsqueeze(0) for k, v in Tiny()[0].items()}
+    torch.manual_seed(0)
+    hooked = tiny_bert().eval()
+    AdaLoRA(hooked, ["query"], init_r=4, target_r=2, total_step=10)
+    torch.manual_seed(0)
+    model = tiny_bert().eval()
+    ada = AdaLoRA(model, ["query"], init_r=4, target_r=2, total_step=10, orth_reg_in_output=False)
+    model.load_state_dict(hooked.state_dict())
+    assert ada.orth_reg_loss() > 0
+    torch.testing.assert_close(hooked(**batch).loss, model(**batch).loss + ada.orth_reg_loss())
+
+
 def test_ist_callback_switches_layers_once_per_optimizer_step(tmp_path):
     peft = pytest.importorskip("peft")
     from winnow.integrations.hf import ISTCallback

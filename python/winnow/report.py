@@ -1,14 +1,16 @@
 """Plain-text tables for the benchmarks and the demo."""
 
 
+def format_value(v) -> str:
+    """Floats to 3 significant digits (whole numbers from 1000 up); anything else as str."""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table of `columns` from `rows`; floats to 3 significant digits."""
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[format_value(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -24,8 +26,9 @@ def write_json(path, payload: dict) -> None:
     Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def scatter_plot(rows: list[dict], x: str, y: str, label: str, path, title: str = "") -> None:
-    """One labelled point per row, y against x, saved as a PNG (matplotlib, no display)."""
+def scatter_plot(rows: list[dict], x: str, y: str, label: str, path, title: str = "", yerr: str | None = None) -> None:
+    """One labelled point per row, y against x, saved as a PNG (matplotlib, no display); with
+    `yerr`, each point's error bar is +-row[yerr] (rows without it get none)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +37,8 @@ def scatter_plot(rows: list[dict], x: str, y: str, label: str, path, title: str 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r[x], r[y], s=40)
+        if yerr and r.get(yerr):
+            ax.errorbar(r[x], r[y], yerr=r[yerr], fmt="none", capsize=4, color="gray")
         ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel(x)
     ax.set_ylabel(y)

@@ -26,14 +26,16 @@ class AdaLoRA:
     into the nn.Linear / Conv1D modules named by `target_modules` and drives the budget schedule.
 
     Call `update_and_allocate(step)` after every optimizer.step() with the optimizer-step count,
-    and add `orth_reg_loss()` to the training loss. Semantics are peft's AdaLoraModel's; the rank
+    and the orthogonal regulariser `orth_reg_loss()` is added to a transformers output's `.loss`
+    (orth_reg_in_output=False: add it to your loss yourself). Semantics are peft's AdaLoraModel's; the rank
     allocation runs on winnow's fused importance and rank_prune kernels.
     """
 
     def __init__(self, model: nn.Module, target_modules, *, init_r: int = 12, target_r: int = 8,
                  lora_alpha: float = 8.0, lora_dropout: float = 0.0, total_step: int | None = None,
                  tinit: int = 0, tfinal: int = 0, deltaT: int = 1, beta1: float = 0.85, beta2: float = 0.85,
-                 orth_reg_weight: float = 0.5, orth_reg: str = "peft", adapter_name: str = "default"):
+                 orth_reg_weight: float = 0.5, orth_reg: str = "peft", adapter_name: str = "default",
+                 orth_reg_in_output: bool = True):
         if isinstance(target_modules, str):
             target_modules = [target_modules]
         target_modules = list(target_modules)
@@ -74,8 +76,9 @@ class AdaLoRA:
             self.modules[name] = wrapped
         self.allocator = RankAllocator(model, self.config, adapter_name)
         # Like peft's AdaLoraModel.forward: an output with a .loss (transformers models) gets the
-        # orthogonal regularisation added to it.
-        self._hook = model.register_forward_hook(self._add_orth_reg)
+        # orthogonal regularisation added to it. A caller that computes its loss outside the
+        # model's forward (winnow.causal_lm.lm_loss) adds orth_reg_loss() itself instead.
+        self._hook = model.register_forward_hook(self._add_orth_reg) if orth_reg_in_output else None
 
     def _add_orth_reg(self, module, args, output):
         loss = getattr(output, "loss", None)

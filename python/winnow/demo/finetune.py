@@ -18,6 +18,7 @@ import time
 import torch
 
 from winnow.demo import tweets
+from winnow.demo.study import Study, as_cells
 from winnow import report
 from winnow.report import format_table
 
@@ -75,6 +76,12 @@ def _length_grouped(lengths, batch_size, generator, group=50):
     return out
 
 
+def order_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of an epoch: distinct for every (seed, epoch), so that seed 1's first
+    epoch is not seed 0's second (seed + epoch would make the seeds share orders)."""
+    return seed * 1_000_003 + epoch
+
+
 def batches(enc, labels, batch_size, shuffle_seed=None):
     """Batches cut to their longest text. Training (shuffle_seed given): shuffled, length-grouped;
     evaluation: in order of length, which changes nothing but the padding."""
@@ -103,13 +110,14 @@ def autocast(precision: str, device="cpu"):
 
 @torch.inference_mode()
 def accuracy(model, enc, labels, precision="fp32", batch_size=64, device="cpu") -> float:
+    was_training = model.training
     model.eval()
     correct = 0
     for b in batches(enc, labels, batch_size):
         with autocast(precision, device):
             logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
         correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
-    model.train()
+    model.train(was_training)  # the training loop keeps eval mode (no dropout): leave it as it was
     return correct / len(labels)
 
 
@@ -120,13 +128,15 @@ def _adamw(params, lr):
 
 
 class Method:
-    """A method set up on a model: its optimizers, the calls around each step, a description of
-    what it trains, and how it saves its result in the format users reload."""
+    """A method set up on a model: its optimizers, the calls around each step (before_step gets
+    the step and its batch), a regulariser added to the task's loss, a description of what it
+    trains, and how it saves its result in the format users reload."""
 
-    def __init__(self, model, opts, describe, save, after_step=None, before_step=None):
+    def __init__(self, model, opts, describe, save, after_step=None, before_step=None, regularizer=None):
         self.model, self.opts, self.describe, self.save = model, opts, describe, save
         self.after_step = after_step or (lambda step: None)
-        self.before_step = before_step or (lambda step: None)
+        self.before_step = before_step or (lambda step, batch: None)
+        self.regularizer = regularizer
 
 
 def _lora_config(model, task, args):
@@ -153,28 +163,39 @@ def setup_full(model, task, args):
 
 
 def setup_lora_ist(model, task, args):
-    """LoRA where IST picks the layers that train each step (a quarter of them), probing with a
-    held-out batch every 10 steps."""
+    """LoRA where IST picks the layers that train each step (--ist-update-ratio of them, a quarter
+    by default), probing every --ist-score-interval steps with a held-out batch (or, with
+    --ist-probes train, with the step's own training batch)."""
     from winnow.ist import ISTController
 
     m = setup_lora(model, task, args)
     opt = _adamw([p for p in m.model.parameters() if p.requires_grad], args.lr["ist"])
-    ctl = ISTController(m.model, update_ratio=0.25, score_interval=10, n_rollouts=3, seed=args.seed, optimizer=opt)
+    ctl = ISTController(m.model, update_ratio=args.ist_update_ratio, score_interval=args.ist_score_interval,
+                        n_rollouts=3, seed=args.seed, optimizer=opt, state_policy=args.ist_state_policy)
 
-    @torch.no_grad()
-    def probe():
-        with autocast(args.precision, args.device):
-            return task.probe_loss(m.model, args.device)
+    def before_step(step, batch):
+        @torch.no_grad()
+        def probe():
+            with autocast(args.precision, args.device):
+                if args.ist_probes == "train":
+                    return float(task.loss(m.model, batch))
+                return task.probe_loss(m.model, args.device)
 
-    return Method(m.model, [opt], m.describe, m.save, before_step=lambda step: ctl.begin_step(step, probe))
+        ctl.begin_step(step, probe)
+
+    return Method(m.model, [opt], m.describe, m.save, before_step=before_step)
 
 
 def setup_adalora(model, task, args):
     from winnow.adalora import AdaLoRA
 
     init_r = args.rank * 3 // 2
+    # The orthogonal regulariser is added here, to whatever loss the task computes (a causal-LM
+    # loss is computed from the logits, outside the model's own .loss that AdaLoRA's hook extends).
     ada = AdaLoRA(model, task.targets(model), init_r=init_r, target_r=args.rank, lora_alpha=2 * init_r,
-                  total_step=args.steps, tinit=args.steps // 10, tfinal=args.steps // 4, deltaT=5)
+                  total_step=args.steps, tinit=int(args.steps * args.adalora_tinit),
+                  tfinal=int(args.steps * args.adalora_tfinal), deltaT=5,
+                  orth_reg_weight=args.adalora_orth_reg_weight, orth_reg_in_output=False)
     head = task.head(model)
     if head:
         for p in getattr(model, head).parameters():
@@ -185,7 +206,9 @@ def setup_adalora(model, task, args):
         r = ada.ranks()
         return f"{sum(r.values())} total, {min(r.values())}-{max(r.values())} per matrix"
 
-    return Method(model, [opt], ranks, ada.save_pretrained, after_step=ada.update_and_allocate)
+    regularizer = ada.orth_reg_loss if args.adalora_orth_reg_weight > 0 else None
+    return Method(model, [opt], ranks, ada.save_pretrained, after_step=ada.update_and_allocate,
+                  regularizer=regularizer)
 
 
 def setup_id3(model, task, args):
@@ -203,7 +226,8 @@ def setup_id3(model, task, args):
             if isinstance(shape, torch.Tensor) and shape.dim() == 2:
                 lora_budget += args.rank * sum(shape.shape)
     body = [(n, p) for n, p in model.named_parameters() if head is None or not n.startswith(head_prefix)]
-    id3 = winnow.ID3(body, budget=lora_budget, total_steps=args.steps, eps=1e-8, exponent=1.0, lr=args.lr["id3"])
+    id3 = winnow.ID3(body, budget=lora_budget, total_steps=args.steps, eps=args.id3_eps, exponent=args.id3_exponent,
+                     lr=args.lr["id3"])
     opts = [id3] + ([_adamw(list(getattr(model, head).parameters()), args.lr["id3"])] if head else [])
 
     def save(path):
@@ -216,14 +240,16 @@ def setup_id3(model, task, args):
 SETUPS = {"lora": setup_lora, "ist": setup_lora_ist, "adalora": setup_adalora, "id3": setup_id3, "full": setup_full}
 
 
-def run_method(name, task, args):
+def run_method(name, task, args, save_to=None):
+    """One training run of one method; its row of the table. With --val-every N, the validation
+    metrics every N steps are in the row's "val curve" (their time is not training time)."""
     from tqdm import tqdm
 
     from winnow.memory import TrainingMemory
 
     # from_pretrained returns the model in eval mode and the loop keeps it so: no dropout in any
     # method (the adapters' dropout is 0 too), the same for all of them.
-    model = task.load_model().to(args.device)
+    model = task.load_model(args.seed).to(args.device)
     if args.gradient_checkpointing:
         # non-reentrant: correct with frozen inputs (adapters) and with IST's resting layers
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -238,16 +264,27 @@ def run_method(name, task, args):
     cuda = torch.device(args.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
+    curve, eval_s = [], 0.0
+
+    def validate(step):
+        nonlocal eval_s
+        t = time.perf_counter()
+        with autocast(args.precision, args.device):
+            curve.append({"step": step, **task.validate(model, args.device)})
+        eval_s += time.perf_counter() - t
+
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     step, epoch = 0, 0
     with tqdm(total=args.steps, desc=f"{name:8s}", ncols=90, disable=args.quiet) as bar:
         while step < args.steps:
-            for b in task.train_batches(epoch):
+            for b in task.train_batches(epoch, args.seed):
                 b = {k: v.to(args.device) for k, v in b.items()}
-                m.before_step(step)
+                m.before_step(step, b)
                 with memory.forward(), autocast(args.precision, args.device):
                     loss = task.loss(model, b)
+                    if m.regularizer is not None:
+                        loss = loss + m.regularizer()
                 loss.backward()
                 for o in opts:
                     o.step()
@@ -260,19 +297,21 @@ def run_method(name, task, args):
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+                if args.val_every and (step % args.val_every == 0 or step == args.steps):
+                    validate(step)
                 if step == args.steps:
                     break
             epoch += 1
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0 - eval_s
     peak = torch.cuda.max_memory_allocated(args.device) if cuda else memory.peak_bytes
     if name == "id3":
         head = task.head(model)
         trainable = opts[0].unmasked_count() + (sum(p.numel() for p in getattr(model, head).parameters()) if head else 0)
     with autocast(args.precision, args.device):
         metrics = task.evaluate(model, args.device)
-    if args.output_dir:
-        m.save(os.path.join(args.output_dir, name))
-    return {
+    if save_to is not None:
+        m.save(str(save_to))
+    row = {
         "method": METHOD_LABELS[name],
         **metrics,
         "trainable params": trainable,
@@ -280,7 +319,11 @@ def run_method(name, task, args):
         "optimizer state MB": sum(o.state_bytes() for o in opts) / 2**20,
         "peak train MB": peak / 2**20,
         "train s": train_s,
+        "s/step": train_s / args.steps,
     }
+    if curve:
+        row["val curve"] = curve
+    return row
 
 
 def prepare(args):
@@ -324,8 +367,8 @@ class ClassifierTask:
         return (f"{self.source}: {len(d['train'][1])} train / {len(d['val'][1])} val / {len(d['test'][1])} test "
                 f"(stratified, seed 0)")
 
-    def load_model(self):
-        return load_model(self.args.model, len(self.args.labels), self.args.seed, self.args.precision)
+    def load_model(self, seed: int):
+        return load_model(self.args.model, len(self.args.labels), seed, self.args.precision)
 
     def targets(self, model) -> list[str]:
         return targets(model)
@@ -337,8 +380,8 @@ class ClassifierTask:
     def steps_per_epoch(self) -> int:
         return -(-len(self.data["train"][1]) // self.args.batch_size)
 
-    def train_batches(self, epoch: int):
-        return batches(*self.data["train"], self.args.batch_size, shuffle_seed=self.args.seed + epoch)
+    def train_batches(self, epoch: int, seed: int):
+        return batches(*self.data["train"], self.args.batch_size, shuffle_seed=order_seed(seed, epoch))
 
     def loss(self, model, batch):
         return model(**batch).loss
@@ -347,11 +390,15 @@ class ClassifierTask:
         b = next(batches(*self.data["probe"], batch_size=len(self.data["probe"][1])))
         return float(model(**{k: v.to(device) for k, v in b.items()}).loss)
 
+    def validate(self, model, device) -> dict:
+        return {"val acc": accuracy(model, *self.data["val"], self.args.precision, device=device)}
+
     def evaluate(self, model, device) -> dict:
-        return {"val acc": accuracy(model, *self.data["val"], self.args.precision, device=device),
+        return {**self.validate(model, device),
                 "test acc": accuracy(model, *self.data["test"], self.args.precision, device=device)}
 
     columns = ["val acc", "test acc"]
+    selection = ("val acc", True)  # (validation metric, higher is better): how --lr-grid chooses
 
 
 METHOD_LABELS = {"lora": "lora", "ist": "lora+ist", "adalora": "adalora", "id3": "id3", "full": "full"}
@@ -411,7 +458,30 @@ def parser(prog="python -m winnow.demo.finetune") -> argparse.ArgumentParser:
     ap.add_argument("--max-length", type=int, default=None, help="tokens per example (48 / 256 by task)")
     ap.add_argument("--test-size", type=int, default=None)
     ap.add_argument("--val-size", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="one seed (see --seeds)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="train every method once per seed (model "
+                    "init of new heads, data order, IST's draws; the split stays fixed) and report mean +- sd")
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=None, metavar="FACTOR",
+                    help="choose each method's learning rate on the validation split, on the first seed, among "
+                    "these multiples of its base rate (e.g. 0.3 1 3)")
+    ap.add_argument("--val-every", type=int, default=None, metavar="N",
+                    help="record the validation metrics every N steps (the JSON's \"val curve\")")
+    ap.add_argument("--resume", action="store_true", help="with --output-dir: keep each finished run in "
+                    "OUTPUT_DIR/runs/ and do not train again the runs already there with the same settings")
+    ablation = ap.add_argument_group("method knobs (defaults: the comparison's; for ablations)")
+    ablation.add_argument("--ist-update-ratio", type=float, default=0.25, help="IST: fraction of layers trained a step")
+    ablation.add_argument("--ist-score-interval", type=int, default=10, help="IST: steps between probes")
+    ablation.add_argument("--ist-probes", choices=["held-out", "train"], default="held-out",
+                          help="IST: probe the loss on held-out examples or on the step's training batch")
+    ablation.add_argument("--ist-state-policy", choices=["keep", "drop", "offload"], default="keep",
+                          help="IST: the resting layers' optimizer state kept, dropped or moved to the CPU")
+    ablation.add_argument("--adalora-tinit", type=float, default=0.1, help="AdaLoRA: warm-up, a fraction of the steps")
+    ablation.add_argument("--adalora-tfinal", type=float, default=0.25,
+                          help="AdaLoRA: final fine-tuning at fixed ranks, a fraction of the steps")
+    ablation.add_argument("--adalora-orth-reg-weight", type=float, default=0.5,
+                          help="AdaLoRA: orthogonal regularisation weight (0: none)")
+    ablation.add_argument("--id3-exponent", type=float, default=1.0, help="ID3: |g| / (|p| + eps)^exponent")
+    ablation.add_argument("--id3-eps", type=float, default=1e-8, help="ID3: eps of the score")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--output-dir", default=None, help="keep each method's result here, as users reload it: LoRA, "
                     "LoRA+IST and AdaLoRA as peft adapter folders, ID3 as its sparse safetensors delta, full as "
@@ -452,6 +522,33 @@ def resolve(args, ap) -> None:
         args.precision = "bf16" if args.device == "cuda" or native_bf16() else "fp32"
 
 
+def check_protocol(args, ap) -> None:
+    """--seeds, --lr-grid, --val-every, --resume and the method knobs: refused in one line."""
+    args.seeds = args.seeds or [args.seed]
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds: each seed once, got {args.seeds}")
+    if args.lr_grid is not None and (any(not f > 0 for f in args.lr_grid) or len(set(args.lr_grid)) != len(args.lr_grid)):
+        ap.error(f"--lr-grid: distinct positive factors, got {args.lr_grid}")
+    if args.val_every is not None and args.val_every < 1:
+        ap.error("--val-every must be positive")
+    if args.resume and not args.output_dir:
+        ap.error("--resume needs --output-dir (the finished runs are kept in OUTPUT_DIR/runs/)")
+    if not 0 < args.ist_update_ratio <= 1:
+        ap.error(f"--ist-update-ratio must be in (0, 1], got {args.ist_update_ratio}")
+    if args.ist_score_interval < 1:
+        ap.error("--ist-score-interval must be positive")
+    if not (0 <= args.adalora_tinit and 0 <= args.adalora_tfinal and args.adalora_tinit + args.adalora_tfinal < 1):
+        ap.error("--adalora-tinit and --adalora-tfinal: fractions of the steps, >= 0, summing to below 1")
+    if args.adalora_orth_reg_weight < 0 or args.id3_eps < 0 or args.id3_exponent < 0:
+        ap.error("--adalora-orth-reg-weight, --id3-eps and --id3-exponent must be >= 0")
+
+
+def study_protocol() -> str:
+    from winnow.demo import study
+
+    return " ".join(study.__doc__.split())
+
+
 def _bundled_model(task: str) -> tuple[str, str]:
     """(folder, name) of the bundled model of a task, or an error naming the pip command."""
     try:
@@ -474,6 +571,7 @@ def main(argv=None, prog="python -m winnow.demo.finetune") -> int:
     if (args.steps is not None and args.steps < 1) or (args.epochs is not None and args.epochs <= 0) \
             or args.batch_size < 1 or args.rank < 1:
         ap.error("--steps, --epochs, --batch-size and --rank must be positive")
+    check_protocol(args, ap)
     if args.model:
         model_name = os.path.basename(args.model.rstrip("/"))
     else:
@@ -488,16 +586,25 @@ def main(argv=None, prog="python -m winnow.demo.finetune") -> int:
     print(f"{task.describe()}; {model_name}; {args.steps} steps of {args.batch_size} "
           f"({args.steps / task.steps_per_epoch:.2f} epochs), {args.device}, {args.precision}; "
           f"rank budget {args.rank}/matrix")
-    rows = [run_method(m, task, args) for m in args.methods]
+    if len(args.seeds) > 1 or args.lr_grid:
+        print(f"seeds {' '.join(map(str, args.seeds))}" + (
+            f"; learning rate chosen on {task.selection[0]} (seed {args.seeds[0]}) among "
+            f"{' '.join(f'{f:g}' for f in args.lr_grid)} x each method's base rate" if args.lr_grid else ""))
     cols = ["method", *task.columns, "trainable params", "final ranks / mask", "optimizer state MB",
-            "peak train MB", "train s"]
-    print(format_table(rows, cols))
+            "peak train MB", "s/step"]
+    result = Study(task, args, run_method).run(cols[1:])
+    rows = result["rows"]
+    print(format_table([{**r, **as_cells(r, cols)} for r in rows], ["method", "lr", *cols[1:]]))
+    for method, grid in result["lr grid"].items():
+        print(f"{METHOD_LABELS[method]}: " + ", ".join(
+            f"lr {g['lr']:.3g} {task.selection[0]} {g[task.selection[0]]:.3f}{' (chosen)' if g['chosen'] else ''}"
+            for g in grid))
     print("peak train MB: " + ("torch.cuda.max_memory_allocated during training" if args.device == "cuda" else
                                "the largest step total of activations saved for backward + gradients + optimizer "
                                "state (winnow.memory.TrainingMemory)"))
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
     settings = {k: v for k, v in vars(args).items() if k != "labels"}
-    payload = {"task": "finetune", "settings": settings, "rows": rows}
+    payload = {"task": "finetune", "settings": settings, "protocol": study_protocol(), **result}
     if args.output_dir:
         report.write_json(os.path.join(args.output_dir, "results.json"), payload)
         print(f"each method's result and results.json written to {args.output_dir}")
@@ -506,8 +613,9 @@ def main(argv=None, prog="python -m winnow.demo.finetune") -> int:
         print(f"results written to {args.json}")
     if args.plot:
         y = "test acc" if "test acc" in task.columns else "test loss"
-        report.scatter_plot(rows, "peak train MB", y, "method", args.plot,
-                            title=f"fine-tuning {model_name}: {y} vs memory")
+        seeds = f", mean +- sd over {len(args.seeds)} seeds" if len(args.seeds) > 1 else ""
+        report.scatter_plot(rows, "peak train MB", y, "method", args.plot, yerr=f"{y} sd",
+                            title=f"fine-tuning {model_name}: {y} vs memory{seeds}")
         print(f"plot written to {args.plot}")
     return 0
 

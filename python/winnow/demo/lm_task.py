@@ -92,11 +92,11 @@ class CausalLMTask:
 
     # ---- the model ----
 
-    def load_model(self):
+    def load_model(self, seed: int):
         import transformers
 
         transformers.logging.set_verbosity_error()
-        torch.manual_seed(self.args.seed)
+        torch.manual_seed(seed)
         return transformers.AutoModelForCausalLM.from_pretrained(self.args.model)
 
     def targets(self, model) -> list[str]:
@@ -111,11 +111,11 @@ class CausalLMTask:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train) / self.args.batch_size)
 
-    def train_batches(self, epoch: int):
-        from winnow.demo.finetune import _length_grouped
+    def train_batches(self, epoch: int, seed: int):
+        from winnow.demo.finetune import _length_grouped, order_seed
 
         lengths = torch.tensor([len(e.input_ids) for e in self.train])
-        gen = torch.Generator().manual_seed(self.args.seed + epoch)
+        gen = torch.Generator().manual_seed(order_seed(seed, epoch))
         for idx in _length_grouped(lengths, self.args.batch_size, gen):
             yield clm.collate([self.train[i] for i in idx.tolist()], self.pad_id)
 
@@ -127,17 +127,29 @@ class CausalLMTask:
 
     # ---- evaluation ----
 
+    def _bar(self, split):
+        return None if self.args.quiet else f"  scoring {split}"
+
+    def validate(self, model, device) -> dict:
+        bs = self.args.eval_batch_size
+        if self.choice:
+            return {"val acc": clm.score_choices(model, self.val, self.pad_id, bs, device, self._bar("val"))["accuracy"]}
+        return {"val loss": clm.mean_loss(model, self.val, self.pad_id, bs, device, self._bar("val"))}
+
     def evaluate(self, model, device) -> dict:
         bs = self.args.eval_batch_size
-        bar = (lambda split: None) if self.args.quiet else (lambda split: f"  scoring {split}")
         if self.choice:
-            val = clm.score_choices(model, self.val, self.pad_id, bs, device, bar("val"))
-            test = clm.score_choices(model, self.test, self.pad_id, bs, device, bar("test"))
-            return {"val acc": val["accuracy"], "test acc": test["accuracy"],
+            test = clm.score_choices(model, self.test, self.pad_id, bs, device, self._bar("test"))
+            return {**self.validate(model, device), "test acc": test["accuracy"],
                     "test acc/token": test["accuracy_per_token"], "test loss": test["answer_loss"]}
-        return {"val loss": clm.mean_loss(model, self.val, self.pad_id, bs, device, bar("val")),
-                "test loss": clm.mean_loss(model, self.test, self.pad_id, bs, device, bar("test"))}
+        return {**self.validate(model, device),
+                "test loss": clm.mean_loss(model, self.test, self.pad_id, bs, device, self._bar("test"))}
 
     @property
     def columns(self) -> list[str]:
         return ["val acc", "test acc", "test acc/token", "test loss"] if self.choice else ["val loss", "test loss"]
+
+    @property
+    def selection(self) -> tuple[str, bool]:
+        """(validation metric, higher is better): how --lr-grid chooses."""
+        return ("val acc", True) if self.choice else ("val loss", False)
