@@ -240,13 +240,8 @@ def setup_id3(model, task, args):
 SETUPS = {"lora": setup_lora, "ist": setup_lora_ist, "adalora": setup_adalora, "id3": setup_id3, "full": setup_full}
 
 
-def run_method(name, task, args, save_to=None):
-    """One training run of one method; its row of the table. With --val-every N, the validation
-    metrics every N steps are in the row's "val curve" (their time is not training time)."""
-    from tqdm import tqdm
-
-    from winnow.memory import TrainingMemory
-
+def build_method(name, task, args) -> Method:
+    """The task's model on args.device (gradient checkpointing as asked), set up for `name`."""
     # from_pretrained returns the model in eval mode and the loop keeps it so: no dropout in any
     # method (the adapters' dropout is 0 too), the same for all of them.
     model = task.load_model(args.seed).to(args.device)
@@ -254,54 +249,67 @@ def run_method(name, task, args, save_to=None):
         # non-reentrant: correct with frozen inputs (adapters) and with IST's resting layers
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    m = SETUPS[name](model, task, args)
+    return SETUPS[name](model, task, args)
+
+
+def training_steps(m: Method, task, args, memory):
+    """Trains m for args.steps optimizer steps over the task's epochs (warm-up then linear decay),
+    yielding (step, epoch, loss) after each; `memory` (winnow.memory.TrainingMemory) watches."""
+    model, opts = m.model, m.opts
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / args.steps))
+              for o in opts]
+    torch.manual_seed(args.seed)
+    step, epoch = 0, 0
+    while step < args.steps:
+        for b in task.train_batches(epoch, args.seed):
+            b = {k: v.to(args.device) for k, v in b.items()}
+            m.before_step(step, b)
+            with memory.forward(), autocast(args.precision, args.device):
+                loss = task.loss(model, b)
+                if m.regularizer is not None:
+                    loss = loss + m.regularizer()
+            loss.backward()
+            for o in opts:
+                o.step()
+            memory.end_step()
+            for sc in scheds:
+                sc.step()
+            m.after_step(step)
+            for o in opts:
+                o.zero_grad()
+            step += 1
+            yield step, epoch, loss
+            if step == args.steps:
+                return
+        epoch += 1
+
+
+def run_method(name, task, args, save_to=None):
+    """One training run of one method; its row of the table. With --val-every N, the validation
+    metrics every N steps are in the row's "val curve" (their time is not training time)."""
+    from tqdm import tqdm
+
+    from winnow.memory import TrainingMemory
+
+    m = build_method(name, task, args)
     model, opts = m.model, m.opts
     # counted before training: IST later switches requires_grad off for the layers it rests
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / args.steps))
-              for o in opts]
     memory = TrainingMemory(model, opts)
     cuda = torch.device(args.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
     curve, eval_s = [], 0.0
-
-    def validate(step):
-        nonlocal eval_s
-        t = time.perf_counter()
-        with autocast(args.precision, args.device):
-            curve.append({"step": step, **task.validate(model, args.device)})
-        eval_s += time.perf_counter() - t
-
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    step, epoch = 0, 0
     with tqdm(total=args.steps, desc=f"{name:8s}", ncols=90, disable=args.quiet) as bar:
-        while step < args.steps:
-            for b in task.train_batches(epoch, args.seed):
-                b = {k: v.to(args.device) for k, v in b.items()}
-                m.before_step(step, b)
-                with memory.forward(), autocast(args.precision, args.device):
-                    loss = task.loss(model, b)
-                    if m.regularizer is not None:
-                        loss = loss + m.regularizer()
-                loss.backward()
-                for o in opts:
-                    o.step()
-                memory.end_step()
-                for sc in scheds:
-                    sc.step()
-                m.after_step(step)
-                for o in opts:
-                    o.zero_grad()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-                if args.val_every and (step % args.val_every == 0 or step == args.steps):
-                    validate(step)
-                if step == args.steps:
-                    break
-            epoch += 1
+        for step, epoch, loss in training_steps(m, task, args, memory):
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            if args.val_every and (step % args.val_every == 0 or step == args.steps):
+                t = time.perf_counter()
+                with autocast(args.precision, args.device):
+                    curve.append({"step": step, **task.validate(model, args.device)})
+                eval_s += time.perf_counter() - t
     train_s = time.perf_counter() - t0 - eval_s
     peak = torch.cuda.max_memory_allocated(args.device) if cuda else memory.peak_bytes
     if name == "id3":
