@@ -109,16 +109,18 @@ def autocast(precision: str, device="cpu"):
 
 
 @torch.inference_mode()
-def accuracy(model, enc, labels, precision="fp32", batch_size=64, device="cpu") -> float:
+def classify(model, enc, labels, precision="fp32", batch_size=64, device="cpu") -> dict:
+    """{"acc": accuracy, "loss": mean cross entropy} of a classifier on (enc, labels)."""
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     for b in batches(enc, labels, batch_size):
         with autocast(precision, device):
             logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
         correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
+        loss += float(torch.nn.functional.cross_entropy(logits.float().cpu(), b["labels"], reduction="sum"))
     model.train(was_training)  # the training loop keeps eval mode (no dropout): leave it as it was
-    return correct / len(labels)
+    return {"acc": correct / len(labels), "loss": loss / len(labels)}
 
 
 def _adamw(params, lr):
@@ -399,13 +401,13 @@ class ClassifierTask:
         return float(model(**{k: v.to(device) for k, v in b.items()}).loss)
 
     def validate(self, model, device) -> dict:
-        return {"val acc": accuracy(model, *self.data["val"], self.args.precision, device=device)}
+        return {"val acc": classify(model, *self.data["val"], self.args.precision, device=device)["acc"]}
 
     def evaluate(self, model, device) -> dict:
-        return {**self.validate(model, device),
-                "test acc": accuracy(model, *self.data["test"], self.args.precision, device=device)}
+        test = classify(model, *self.data["test"], self.args.precision, device=device)
+        return {**self.validate(model, device), "test acc": test["acc"], "test loss": test["loss"]}
 
-    columns = ["val acc", "test acc"]
+    columns = ["val acc", "test acc", "test loss"]
     selection = ("val acc", True)  # (validation metric, higher is better): how --lr-grid chooses
 
 
