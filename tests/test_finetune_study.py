@@ -23,6 +23,10 @@ def test_summarize_is_mean_and_sample_sd_over_seeds():
     assert row["acc"] == pytest.approx(statistics.fmean([0.5, 0.6, 0.9]))
     assert row["acc sd"] == pytest.approx(statistics.stdev([0.5, 0.6, 0.9]))
     assert study.as_cells(row, ["acc", "ranks"]) == {"acc": "0.667 ± 0.208", "ranks": "8 x 2"}
+    assert study.mean_sd(0.771, 0.00918) == "0.771 ± 0.009"
+    assert study.mean_sd(137.4, 1.74) == "137 ± 2"
+    assert study.mean_sd(12.34, 0.5) == "12.3 ± 0.5"
+    assert study.mean_sd(0.78, 0.0077) == "0.780 ± 0.008"
 
 
 def test_fingerprint_follows_what_defines_a_run():

@@ -76,16 +76,21 @@ def summarize(runs: list[dict], columns: list[str]) -> dict:
     return row
 
 
+def mean_sd(mean: float, sd: float) -> str:
+    """"0.771 ± 0.009": the mean to 3 significant digits, the sd to the mean's last decimal."""
+    text = f"{mean:#.3g}".rstrip(".") if abs(mean) < 1000 else f"{mean:.0f}"  # "#": 0.780, not 0.78
+    decimals = len(text.partition(".")[2]) if "e" not in text else 3
+    return f"{text} ± {sd:.{decimals}f}"
+
+
 def as_cells(row: dict, columns: list[str]) -> dict:
     """A summary row for the text table: "mean ± sd" where the seeds disagree."""
-    from winnow.report import format_value
-
     out = {}
     for c in columns:
         if c not in row:
             continue
         sd = row.get(c + " sd")
-        out[c] = row[c] if not sd else f"{format_value(row[c])} ± {format_value(sd)}"
+        out[c] = row[c] if not sd else mean_sd(row[c], sd)
     return out
 
 
