@@ -103,6 +103,37 @@ def test_gradient_checkpointing_changes_no_result(tiny_lm, tmp_path):
         assert abs(a["test loss"] - b["test loss"]) < 1e-4 and a["test acc"] == b["test acc"], (a, b)
 
 
+@pytest.mark.parametrize("kind", ["causal-lm", "classification"])
+def test_gradient_checkpointing_really_checkpoints(tiny_lm, tiny_text_task, kind):
+    """The loop trains in eval mode, and transformers checkpoints a layer only while the layer's
+    training flag is set: with --gradient-checkpointing far fewer activations must be saved for
+    backward (before the fix: exactly as many), and dropout must stay off."""
+    from winnow.demo import finetune
+    from winnow.demo.lm_task import CausalLMTask
+    from winnow.memory import TrainingMemory
+
+    if kind == "causal-lm":
+        data = ["--model", str(tiny_lm / "model"), "--data", str(tiny_lm / "mc.jsonl")]
+    else:
+        data = ["--model", str(tiny_text_task[0]), "--data", str(tiny_text_task[1]), "--text-column", "review",
+                "--label-column", "stars"]
+    saved = {}
+    for checkpointing in (False, True):
+        ap = finetune.parser()
+        args = ap.parse_args([*data, "--steps", "2", "--batch-size", "8", "--test-size", "20", "--val-size", "20",
+                              "--precision", "fp32", "--device", "cpu", "--quiet"]
+                             + (["--gradient-checkpointing"] if checkpointing else []))
+        finetune.resolve(args, ap)
+        finetune.check_protocol(args, ap)
+        task = CausalLMTask(args) if kind == "causal-lm" else finetune.ClassifierTask(args)
+        m = finetune.build_method("lora", task, args)
+        memory = TrainingMemory(m.model, m.opts)
+        for _ in finetune.training_steps(m, task, args, memory):
+            saved.setdefault(checkpointing, []).append(len(memory._saved))
+        assert not any(mod.training for mod in m.model.modules() if isinstance(mod, torch.nn.Dropout))
+    assert max(saved[True]) < 0.5 * min(saved[False]), saved
+
+
 @pytest.mark.slow
 def test_instruction_pairs_train_on_the_response_and_report_held_out_loss(tiny_lm, tmp_path):
     _, result = run(tiny_lm, tmp_path, "--data", str(tiny_lm / "pairs.csv"), "--methods", "lora", "--epochs", "2")

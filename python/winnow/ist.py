@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from winnow.modes import evaluating
 from winnow.optim.masked_adamw import STATE_POLICIES
 
 LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "encoder.layer", "bert.encoder.layer",
@@ -207,12 +208,8 @@ class ISTController:
         if not any(s.items for s in self.scalings):
             return  # full-parameter layers have no adapter to suppress: scores stay, sampling stays uniform
         p = torch.sigmoid(self.scores)
-        # Every module's own mode comes back: a pretrained model inside a freshly built wrapper
-        # is often eval inside, train outside, and model.train() would switch its dropout on.
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
         rewards, sets = [], []
-        try:
+        with evaluating(self.model):  # every module's own mode comes back afterwards
             for _ in range(self.n_rollouts):
                 chosen = torch.multinomial(p, self.n_suppress, replacement=False, generator=self.generator)
                 chosen = self._from_rank0(chosen)
@@ -220,9 +217,6 @@ class ISTController:
                     loss = self._mean_over_ranks(float(probe()))
                 rewards.append(math.exp(-loss))
                 sets.append(chosen)
-        finally:
-            for m, mode in modes:
-                m.training = mode
         r = torch.tensor(rewards, dtype=torch.float64)
         adv = r - r.mean()
         delta = torch.zeros_like(self.scores)

@@ -111,15 +111,15 @@ def autocast(precision: str, device="cpu"):
 @torch.inference_mode()
 def classify(model, enc, labels, precision="fp32", batch_size=64, device="cpu") -> dict:
     """{"acc": accuracy, "loss": mean cross entropy} of a classifier on (enc, labels)."""
-    was_training = model.training
-    model.eval()
+    from winnow.modes import evaluating
+
     correct, loss = 0, 0.0
-    for b in batches(enc, labels, batch_size):
-        with autocast(precision, device):
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-        correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
-        loss += float(torch.nn.functional.cross_entropy(logits.float().cpu(), b["labels"], reduction="sum"))
-    model.train(was_training)  # the training loop keeps eval mode (no dropout): leave it as it was
+    with evaluating(model):
+        for b in batches(enc, labels, batch_size):
+            with autocast(precision, device):
+                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits.float().cpu(), b["labels"], reduction="sum"))
     return {"acc": correct / len(labels), "loss": loss / len(labels)}
 
 
@@ -248,9 +248,13 @@ def build_method(name, task, args) -> Method:
     # method (the adapters' dropout is 0 too), the same for all of them.
     model = task.load_model(args.seed).to(args.device)
     if args.gradient_checkpointing:
+        from winnow.modes import checkpoint_in_eval_mode
+
         # non-reentrant: correct with frozen inputs (adapters) and with IST's resting layers
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if not checkpoint_in_eval_mode(model):
+            raise ValueError(f"--gradient-checkpointing: {type(model).__name__} has no checkpointable layers")
     return SETUPS[name](model, task, args)
 
 
