@@ -54,12 +54,8 @@ class RunStore:
 
 
 def choose(rows: list[dict], metric: str, higher_is_better: bool) -> dict:
-    """The row with the best `metric` (the first of equals)."""
-    best = rows[0]
-    for r in rows[1:]:
-        if (r[metric] > best[metric]) if higher_is_better else (r[metric] < best[metric]):
-            best = r
-    return best
+    """The row with the best `metric` (max and min return the first of equals)."""
+    return (max if higher_is_better else min)(rows, key=lambda r: r[metric])
 
 
 def summarize(runs: list[dict], columns: list[str]) -> dict:
@@ -102,9 +98,8 @@ class Study:
         self.task, self.args, self.train = task, args, train
         self.seeds = args.seeds
         self.grid = args.lr_grid or [1.0]
-        out = Path(args.output_dir) if args.output_dir else None
-        self.out = out
-        self.store = RunStore(out / "runs" if (out and args.resume) else None, fingerprint(args))
+        self.out = Path(args.output_dir) if args.output_dir else None
+        self.store = RunStore(self.out / "runs" if (self.out and args.resume) else None, fingerprint(args))
         self.metric, self.higher_is_better = task.selection
 
     def _artifact(self, method, seed) -> Path | None:
