@@ -101,18 +101,18 @@ def test_full_scores_equal_theta_times_h_theta(case):
     want = 0
     for b in (batch, batch2):
         theta, f, _, unflatten = flat_problem(model, b)
-        want = want + theta * (hessian(f, theta) @ theta) / 2
+        want = want + theta * (hessian(f, theta) @ theta) / 4  # 1/2 theta H theta, mean of 2 batches
     got = parameter_scores(model, loss_fn, [batch, batch2])
     for n, w in unflatten(want).items():
         assert got[n].dtype == torch.float64
         torch.testing.assert_close(got[n], w, rtol=1e-10, atol=1e-10)
 
 
-def test_first_order_adds_theta_times_gradient():
+def test_first_order_is_the_taylor_change_of_removal():
     model, batch = make("mlp_layernorm")
     theta, f, _, unflatten = flat_problem(model, batch)
     g = torch.autograd.functional.jacobian(f, theta)
-    want = unflatten(theta * (hessian(f, theta) @ theta) + theta * g)
+    want = unflatten(theta * (hessian(f, theta) @ theta) / 2 - theta * g)
     got = parameter_scores(model, loss_fn, [batch], first_order=True)
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-10)
@@ -127,7 +127,7 @@ def test_oba_curvature_equals_hessian_minus_gauss_newton_on_relu_networks(case):
     J = jacobian(out, theta).reshape(z.numel(), -1)
     Hz = hessian(lambda zz: F.cross_entropy(zz.reshape(z.shape), batch[1]), z.detach().flatten())
     ggn = J.T @ Hz @ J
-    want = unflatten(theta * ((H - ggn) @ theta))
+    want = unflatten(theta * ((H - ggn) @ theta) / 2)
     got = parameter_scores(model, loss_fn, [batch], curvature="oba")
     assert set(got) == set(want)
     for n in want:  # every layer, the last one included (where H - GGN is zero)
@@ -150,7 +150,7 @@ class LinearisedGELU(nn.Module):
 
 
 def test_oba_curvature_drops_smooth_activation_curvature():
-    """On a GELU network "oba" is theta * ((H - GGN - A) theta), A the activations' curvature
+    """On a GELU network "oba" is 1/2 theta * ((H - GGN - A) theta), A the activations' curvature
     terms: the explicit Hessian of the same network with curvature-free GELUs, minus its GGN."""
     model, batch = make("mlp_layernorm")
     linearised, _ = make("mlp_layernorm")
@@ -165,10 +165,10 @@ def test_oba_curvature_drops_smooth_activation_curvature():
     H, H_lin, ggn = hessian(f, theta), hessian(f_lin, theta), J.T @ Hz @ J
     assert (H - H_lin).abs().max() > 1e-3  # the GELUs' curvature is really there
     got = parameter_scores(model, loss_fn, [batch], curvature="oba")
-    for n, w in unflatten(theta * ((H_lin - ggn) @ theta)).items():
+    for n, w in unflatten(theta * ((H_lin - ggn) @ theta) / 2).items():
         torch.testing.assert_close(got[n], w, rtol=1e-10, atol=1e-10)
     full = parameter_scores(model, loss_fn, [batch])
-    for n, w in unflatten(theta * (H @ theta)).items():
+    for n, w in unflatten(theta * (H @ theta) / 2).items():
         torch.testing.assert_close(full[n], w, rtol=1e-10, atol=1e-10)
 
 
@@ -176,7 +176,10 @@ def test_structure_sums_equal_manual_slices():
     model, batch = make("cnn")
     s = parameter_scores(model, loss_fn, [batch])
     sums = structure_scores(model, s)
-    torch.testing.assert_close(sums["0"]["out"][2], s["0.weight"][2].sum() + s["0.bias"][2])
+    # conv 0's channel includes the BatchNorm (1) applied to it: removing the channel zeroes both
+    torch.testing.assert_close(sums["0"]["out"][2],
+                               s["0.weight"][2].sum() + s["0.bias"][2] + s["1.weight"][2] + s["1.bias"][2])
+    torch.testing.assert_close(sums["4"]["out"][1], s["4.weight"][1].sum() + s["4.bias"][1])  # no norm follows
     torch.testing.assert_close(sums["4"]["in"][1], s["4.weight"][:, 1].sum())
     torch.testing.assert_close(sums["1"]["out"][3], s["1.weight"][3] + s["1.bias"][3])
     torch.testing.assert_close(sums["7"]["in"][5], s["7.weight"][:, 5].sum())
@@ -237,7 +240,7 @@ def test_frozen_parameters_are_scored_and_stay_frozen():
     s = parameter_scores(model, loss_fn, [batch])
     assert all(not p.requires_grad for p in model.parameters())
     theta, f, _, unflatten = flat_problem(model, batch)
-    for n, w in unflatten(theta * (hessian(f, theta) @ theta)).items():  # the same scores as trainable ones
+    for n, w in unflatten(theta * (hessian(f, theta) @ theta) / 2).items():  # the same scores as trainable ones
         torch.testing.assert_close(s[n], w, rtol=1e-10, atol=1e-10)
 
 
@@ -356,9 +359,9 @@ def test_fast_path_equals_double_backward_and_the_explicit_hessian(case, first_o
     fast = parameter_scores(model, loss_fn, [batch], method="fast", first_order=first_order)
     slow = parameter_scores(model, loss_fn, [batch], method="double_backward", first_order=first_order)
     theta, f, _, unflatten = flat_problem(model, batch)
-    want = theta * (hessian(f, theta) @ theta)
+    want = theta * (hessian(f, theta) @ theta) / 2
     if first_order:
-        want = want + theta * jacobian(f, theta)
+        want = want - theta * jacobian(f, theta)
     for n, w in unflatten(want).items():
         torch.testing.assert_close(fast[n], w, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(slow[n], w, rtol=1e-10, atol=1e-10)
@@ -403,7 +406,7 @@ def test_fast_path_handles_parameters_used_directly_and_buffers():
     batch = (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,)))
     fast = parameter_scores(model, loss_fn, [batch], method="fast")
     theta, f, _, unflatten = flat_problem(model, batch)
-    for n, w in unflatten(theta * (hessian(f, theta) @ theta)).items():
+    for n, w in unflatten(theta * (hessian(f, theta) @ theta) / 2).items():
         torch.testing.assert_close(fast[n], w, rtol=1e-10, atol=1e-10)
 
 

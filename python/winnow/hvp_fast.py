@@ -338,10 +338,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
         raise Unsupported(f"torch.fx cannot trace {type(model).__name__}: {e}") from e
 
 
-def theta_hvp(model: nn.Module, loss_fn: Callable, batch, first_order: bool = False,
+def theta_hvp(model: nn.Module, loss_fn: Callable, batch, gradient_weight: float = 0.0,
               graph: fx.GraphModule | None = None) -> dict[str, torch.Tensor]:
-    """{name: H theta} (or H theta + g with first_order) over all of the model's parameters, for
-    loss_fn(model, batch). Raises Unsupported where a layer has no tangent rule."""
+    """{name: H theta + gradient_weight * g} over all of the model's parameters, for
+    loss_fn(model, batch), from one backward pass. Raises Unsupported where a layer has no
+    tangent rule."""
     graph = graph if graph is not None else trace(model)
     named = list(model.named_parameters())
     params = [p for _, p in named]
@@ -349,6 +350,6 @@ def theta_hvp(model: nn.Module, loss_fn: Callable, batch, first_order: bool = Fa
     with _with_grad(params), torch.enable_grad():
         loss = _scalar_loss(loss_fn(_TangentModel(model, graph, eps), batch))
         (dloss,) = torch.autograd.grad(loss, eps, create_graph=True)
-        target = dloss if first_order else dloss - loss
+        target = dloss + (gradient_weight - 1.0) * loss  # grad dloss = H theta + g, grad loss = g
         out = torch.autograd.grad(target, params, allow_unused=True)
     return dict(zip((n for n, _ in named), _zeros_for_none(out, params)))

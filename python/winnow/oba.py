@@ -1,16 +1,27 @@
 """OBA (Optimal Brain Apoptosis): Hessian-based importance of parameters and structures.
 
-Per parameter s_i = theta_i (H theta)_i, the second-order change of the loss when the whole
-parameter vector moves by theta along i's coordinate (the removal step is delta theta = theta),
-optionally plus the first-order term theta_i g_i; averaged over batches in float64.
+Every score is a second-order Taylor estimate of what removing (zeroing) parameters costs: removal
+is the step delta theta = -theta, so the loss changes by -theta . g + 1/2 theta^T H theta. Per
+parameter i the score is 1/2 theta_i (C theta)_i for a curvature C, plus -theta_i g_i with
+`first_order`; averaged over batches in float64. The curvatures (what a structure's summed score
+then measures):
 
-curvature="full" (default) uses the exact Hessian. curvature="oba" follows the paper's
-decomposition: the Gauss-Newton part J^T H_z J is left out (H - GGN keeps the curvature of the
-network function itself, weighted by dL/dz) and so is the curvature of elementwise activation
-modules (ReLU, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU: their derivative is held constant).
-On ReLU networks the two simplifications coincide with theta * ((H - GGN) theta) in every layer,
-last layer included. The paper's released code also linearises elementwise JVPs at the tangent
-instead of the activation; that is a bug and is not reproduced.
+- "full": C = H, the exact Hessian: a structure's share of 1/2 theta^T H theta, the quadratic term
+  for zeroing the *whole network*; it includes the structure's cross terms with every other
+  structure. The authors' FastOBA score.
+- "oba": the paper's decomposition, H minus the Gauss-Newton part J^T H_z J and minus the curvature
+  of elementwise activation modules (ReLU, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU: their
+  derivative is held constant). On ReLU networks this is (path degree - 1) theta * g per
+  parameter: a path-weighted first-order Taylor score. The paper's released code also linearises
+  elementwise JVPs at the tangent instead of the activation; that bug is not reproduced.
+- "self": C = H_SS, each structure S's own diagonal block: the structure sums to
+  1/2 theta_S^T H_SS theta_S, the second-order cost of removing S alone (winnow.oba_self).
+- "fisher": the same quantity estimated as 1/2 mean over examples of (theta_S . grad l_n)^2, from
+  one forward and backward pass (winnow.oba_fisher).
+
+The structures of "self" and "fisher" are winnow.oba_structures': Linear / Conv output channels
+(with a BatchNorm that directly follows), norm channels, attention heads; they score the
+parameters of those structures and no others.
 
 Structures: `structure_scores` sums the scores per output channel / input channel / head, and
 `OBAImportance` plugs them into Torch-Pruning (group reduction, per-group normalisation, one
@@ -25,8 +36,13 @@ from torch import nn
 from winnow import ops
 from winnow.hvp import ggn_vp, hvp_and_grad
 from winnow.hvp_fast import Unsupported, theta_hvp, trace
+from winnow.oba_fisher import fisher_scores
+from winnow.oba_self import self_scores
+from winnow.oba_structures import following_batchnorms, structures
 
-CURVATURES = ("full", "oba")
+CURVATURES = ("full", "oba", "self", "fisher")
+# the per-structure curvatures: their own code, over the structures' parameters only
+_STRUCTURE_CURVATURES = {"self": self_scores, "fisher": fisher_scores}
 METHODS = ("auto", "fast", "double_backward")
 
 # Elementwise activations whose curvature the paper's decomposition drops: module -> functional.
@@ -83,28 +99,27 @@ def _check_batches(batches) -> list:
 def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, curvature: str = "full",
                      first_order: bool = False, params: Iterable[str] | None = None,
                      method: str = "auto") -> dict[str, torch.Tensor]:
-    """{param name: float64 tensor of s_i = theta_i (H theta)_i (+ theta_i g_i)}, the mean over
-    `batches` of each batch's scores. `loss_fn(model, batch)` returns a scalar loss; `params`
-    picks parameters by name (default: every floating-point parameter). The model's train/eval
-    mode is the caller's (BatchNorm in train mode uses batch statistics, as when training).
+    """{param name: float64 tensor of 1/2 theta_i (C theta)_i (- theta_i g_i with first_order)},
+    the mean over `batches` of each batch's scores (C: see the module docstring).
+    `loss_fn(model, batch)` returns a scalar loss ("fisher": the mean over the batch's examples);
+    `params` picks parameters by name (default: every floating-point parameter; for "self" and
+    "fisher", the structures' parameters). The model's train/eval mode is the caller's
+    (BatchNorm in train mode uses batch statistics, as when training).
 
-    method: "fast" = winnow.hvp_fast (reverse over a forward tangent, ~2x a gradient; full
-    curvature over all parameters, layers with a tangent rule), "double_backward" = the
-    universal path (~3x), "auto" = fast where it applies, else double backward."""
+    method ("full" and "oba"): "fast" = winnow.hvp_fast (reverse over a forward tangent, ~2x a
+    gradient; full curvature over all parameters, layers with a tangent rule), "double_backward" =
+    the universal path (~3x), "auto" = fast where it applies, else double backward."""
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     batches = _check_batches(batches)
     named = dict(model.named_parameters())
+    if curvature in _STRUCTURE_CURVATURES:
+        return _structure_curvature_scores(model, loss_fn, batches, curvature, first_order, params)
     names = list(params) if params is not None else [n for n, p in named.items() if p.is_floating_point()]
-    if not names:
-        raise ValueError("no parameters to score")
-    for n in names:
-        if n not in named:
-            raise KeyError(f"params: the model has no parameter {n!r}")
-        if not torch.isfinite(named[n]).all():
-            raise ValueError(f"parameter {n!r} holds NaN or inf")
+    _check_params(named, names)
+    gradient_weight = -2.0 if first_order else 0.0  # 1/2 theta (H theta - 2 g) = 1/2 theta H theta - theta g
     totals = {n: torch.zeros(named[n].shape, dtype=torch.float64, device=named[n].device) for n in names}
     graph = None
     if method != "double_backward":
@@ -119,7 +134,7 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
         theta = {n: named[n].detach() for n in names}
         if graph is not None:
             try:
-                h_theta = theta_hvp(model, loss_fn, batch, first_order=first_order, graph=graph)
+                h_theta = theta_hvp(model, loss_fn, batch, gradient_weight=gradient_weight, graph=graph)
                 _accumulate(names, theta, h_theta, totals)
                 continue
             except Unsupported:
@@ -133,10 +148,44 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
                 h_theta, grads = hvp_and_grad(model, loss_fn, batch, theta)
                 g_theta = ggn_vp(model, loss_fn, batch, theta)
             h_theta = {n: h_theta[n] - g_theta[n] for n in names}
-        _accumulate(names, theta, h_theta, totals)
         if first_order:
-            _accumulate(names, theta, grads, totals)
-    return {n: s / len(batches) for n, s in totals.items()}
+            h_theta = {n: h_theta[n] + gradient_weight * grads[n] for n in names}
+        _accumulate(names, theta, h_theta, totals)
+    return {n: s / (2 * len(batches)) for n, s in totals.items()}
+
+
+def _check_params(named: dict, names: list[str]) -> None:
+    if not names:
+        raise ValueError("no parameters to score")
+    for n in names:
+        if n not in named:
+            raise KeyError(f"params: the model has no parameter {n!r}")
+        if not torch.isfinite(named[n]).all():
+            raise ValueError(f"parameter {n!r} holds NaN or inf")
+
+
+def _structure_curvature_scores(model, loss_fn, batches, curvature, first_order, params):
+    """"self" / "fisher": the scorer of each batch, over the structures' parameters (or the
+    structures holding `params`)."""
+    found = structures(model)
+    if params is not None:
+        wanted = set(params)
+        unknown = wanted - {n for s in found for n in s.owners}
+        if unknown:
+            raise KeyError(f"params: {sorted(unknown)} belong to no structure curvature={curvature!r} scores "
+                           "(Linear / Conv channels, norm channels, attention heads)")
+        found = [s for s in found if wanted & set(s.owners)]
+    if not found:
+        raise ValueError(f"curvature={curvature!r}: the model has no Linear, Conv, norm or attention structures")
+    named = dict(model.named_parameters())
+    _check_params(named, [n for s in found for n in s.owners])
+    score = _STRUCTURE_CURVATURES[curvature]
+    totals = None
+    for batch in batches:
+        scores = score(model, loss_fn, batch, found, gradient_weight=-1.0 if first_order else 0.0)
+        totals = scores if totals is None else {n: totals[n] + scores[n] for n in totals}
+    totals = {n: t / len(batches) for n, t in totals.items()}
+    return totals if params is None else {n: totals[n] for n in params}
 
 
 def _accumulate(names, theta, h, totals) -> None:
@@ -157,10 +206,12 @@ def _channel_sums(module: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def structure_scores(model: nn.Module, scores: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """Per-module sums of parameter scores: {module name: {"out": per output channel (weight rows
-    + bias), "in": per input channel, "heads": per attention head (nn.MultiheadAttention: the
-    head's q/k/v rows and bias and its out_proj columns)}} for Conv/Linear, norm layers ("out"
-    only) and nn.MultiheadAttention."""
+    + bias, + the affine pair of a BatchNorm applied directly to the output, as removing the
+    channel zeroes it too), "in": per input channel, "heads": per attention head
+    (nn.MultiheadAttention: the head's q/k/v rows and bias and its out_proj columns)}} for
+    Conv/Linear, norm layers ("out" only: their own pair) and nn.MultiheadAttention."""
     result = {}
+    folded = following_batchnorms(model)
     for mname, m in model.named_modules():
         prefix = f"{mname}." if mname else ""
         w, b = scores.get(prefix + "weight"), scores.get(prefix + "bias")
@@ -168,7 +219,11 @@ def structure_scores(model: nn.Module, scores: dict[str, torch.Tensor]) -> dict[
             result[mname] = {"heads": _head_sums(m, scores, prefix)}
         elif isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and w is not None:
             out, inp = _channel_sums(m, w)
-            result[mname] = {"out": out + b if b is not None else out, "in": inp}
+            for part in (b, scores.get(f"{folded[mname]}.weight") if mname in folded else None,
+                         scores.get(f"{folded[mname]}.bias") if mname in folded else None):
+                if part is not None:
+                    out = out + part
+            result[mname] = {"out": out, "in": inp}
         elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and w is not None:
             result[mname] = {"out": (w + b if b is not None else w).flatten()}
     return result

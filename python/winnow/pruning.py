@@ -24,10 +24,14 @@ _MHA = (tpf.prune_multihead_attention_out_channels,)
 
 
 class OBAImportance(tp.importance.GroupMagnitudeImportance):
-    """Channel importance |sum over the channel's parameters of theta_i (H theta)_i| (see
-    winnow.oba), reduced over a Torch-Pruning group (group_reduction) and normalised per group
-    (normalizer), as Torch-Pruning's own importances are. Call `refresh(model)` before each
-    pruning step: the scores describe the model as it is then."""
+    """Channel importance |summed score of the channel's parameters| (winnow.oba: the second-order
+    Taylor change of removing them, under `curvature`), reduced over a Torch-Pruning group
+    (group_reduction) and normalised per group (normalizer), as Torch-Pruning's own importances
+    are. "full" and "oba" sum every member of the group (the layer's output channel, its norm,
+    the next layer's input channel); "self" and "fisher" score what removing the channel zeroes,
+    which is the layers' output channels (a norm that directly follows included), so only those
+    enter (a group's norm where no layer owns it). Call `refresh(model)` before each pruning step:
+    the scores describe the model as it is then."""
 
     def __init__(self, loss_fn: Callable, batches: Iterable, curvature: str = "full", first_order: bool = False,
                  group_reduction: str = "mean", normalizer: str = "mean"):
@@ -51,24 +55,24 @@ class OBAImportance(tp.importance.GroupMagnitudeImportance):
         if self._by_module is None:
             raise RuntimeError("OBAImportance: call refresh(model) before the pruner scores groups")
         imps, roots = [], []
-        for i, (dep, idxs) in enumerate(group):
-            sums = self._by_module.get(id(dep.target.module))
-            if sums is None:
-                continue
-            handler = dep.handler
-            if handler in _OUT or handler in _NORM_OUT:
-                key = "out"
-            elif handler in _IN:
-                key = "in"
-            else:
-                continue  # attention heads and other handlers: no per-channel sum here
-            if key not in sums:
-                continue
-            imps.append(sums[key][sorted(idxs)].abs())
-            roots.append(group[i].root_idxs)
+        for key, handlers in self._members():
+            for i, (dep, idxs) in enumerate(group):
+                sums = self._by_module.get(id(dep.target.module))
+                if sums is None or dep.handler not in handlers or key not in sums:
+                    continue  # attention heads and other handlers: no per-channel sum here
+                imps.append(sums[key][sorted(idxs)].abs())
+                roots.append(group[i].root_idxs)
+            if imps and self.curvature in ("self", "fisher"):
+                break  # the layers' own channels found: norms only where no layer owns the channel
         if not imps:
             return None
         return self._normalize(self._reduce(imps, roots), self.normalizer)
+
+    def _members(self):
+        """(structure key, Torch-Pruning handlers) in the order they enter a group's score."""
+        if self.curvature in ("self", "fisher"):
+            return [("out", _OUT), ("out", _NORM_OUT)]
+        return [("out", _OUT + _NORM_OUT), ("in", _IN)]
 
 
 def flops_and_params(model: nn.Module, example_inputs) -> tuple[int, int]:

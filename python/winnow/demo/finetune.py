@@ -13,6 +13,7 @@ optimizer state, peak training memory and wall time.
 """
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -292,7 +293,8 @@ def training_steps(m: Method, task, args, memory):
 
 def run_method(name, task, args, save_to=None):
     """One training run of one method; its row of the table. With --val-every N, the validation
-    metrics every N steps are in the row's "val curve" (their time is not training time)."""
+    metrics every N steps are in the row's "val curve" (their time is not training time).
+    "s/step" is the median step: a shared machine's pauses lengthen a few steps, not the median."""
     from tqdm import tqdm
 
     from winnow.memory import TrainingMemory
@@ -305,18 +307,18 @@ def run_method(name, task, args, save_to=None):
     cuda = torch.device(args.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
-    curve, eval_s = [], 0.0
-    t0 = time.perf_counter()
+    curve, step_s = [], []
+    last = time.perf_counter()
     with tqdm(total=args.steps, desc=f"{name:8s}", ncols=90, disable=args.quiet) as bar:
         for step, epoch, loss in training_steps(m, task, args, memory):
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)  # .item(): the step has finished
+            step_s.append(time.perf_counter() - last)
             if args.val_every and (step % args.val_every == 0 or step == args.steps):
-                t = time.perf_counter()
                 with autocast(args.precision, args.device):
                     curve.append({"step": step, **task.validate(model, args.device)})
-                eval_s += time.perf_counter() - t
-    train_s = time.perf_counter() - t0 - eval_s
+            last = time.perf_counter()
+    train_s = sum(step_s)
     peak = torch.cuda.max_memory_allocated(args.device) if cuda else memory.peak_bytes
     if name == "id3":
         head = task.head(model)
@@ -333,7 +335,7 @@ def run_method(name, task, args, save_to=None):
         "optimizer state MB": sum(o.state_bytes() for o in opts) / 2**20,
         "peak train MB": peak / 2**20,
         "train s": train_s,
-        "s/step": train_s / args.steps,
+        "s/step": statistics.median(step_s),
     }
     if curve:
         row["val curve"] = curve
