@@ -21,3 +21,20 @@ def tiny_cnn(num_classes: int = 10) -> torch.nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(8, num_classes))
+
+
+class _Twice(torch.nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean((2, 3))
+        return self.head(torch.tanh(self.mix(torch.tanh(self.mix(h)))))
+
+
+def shared_layer_cnn(num_classes: int = 10) -> torch.nn.Module:
+    """A layer applied twice per forward: what curvature='fisher' refuses."""
+    return _Twice(num_classes)

@@ -131,10 +131,63 @@ def test_prune_torchvision_style_model_on_an_image_folder(image_folder, tmp_path
                    "--json", str(out), "--plot", str(tmp_path / "prune.png")])
     assert rc == 0
     result = json.loads(out.read_text())
-    assert [r["method"] for r in result["rows"]] == ["oba", "magnitude", "taylor"]
+    assert [r["method"] for r in result["rows"]] == ["oba", "magnitude", "taylor"] == [r["method"] for r in result["runs"]]
     for r in result["rows"]:
         assert r["FLOPs kept"] <= 0.55 and r["params kept"] < 1  # pruned to the target, physically
     assert (tmp_path / "prune.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v3_small"])
+def test_prune_torchvision_models_with_every_method(image_folder, tmp_path, model):
+    """torchvision's own models as a new user brings them (random weights, in-place ReLUs and
+    `out += identity` in ResNet, Hardswish / squeeze-excitation in MobileNetV3): every method runs."""
+    pytest.importorskip("torchvision")
+    from winnow.demo.prune import METHODS
+
+    out = tmp_path / "prune.json"
+    rc = cli.main(["prune", "--model", f"torchvision.models:{model}", "--data", str(image_folder), "--image-size",
+                   "12", "--methods", *METHODS, "--targets", "0.5", "--epochs", "0.2", "--finetune-steps", "1",
+                   "--batch-size", "4", "--score-batches", "1", "--prune-steps", "1", "--quiet",
+                   "--json", str(out), "--plot", ""])
+    result = json.loads(out.read_text())
+    assert rc == 0, [r.get("error") for r in result["runs"]]
+    assert [r["method"] for r in result["rows"]] == METHODS
+    for r in result["rows"]:
+        assert r["runs"] == "1/1" and r["FLOPs kept"] <= 0.55 and r["params kept"] < 1
+
+
+@pytest.mark.slow
+def test_prune_a_failing_method_keeps_the_finished_runs(image_folder, tmp_path, monkeypatch):
+    from winnow.demo import prune
+
+    finished = prune.prune_and_finetune
+
+    def flaky(model, method, *args):
+        if method == "taylor":
+            raise RuntimeError("out of memory (simulated)")
+        return finished(model, method, *args)
+
+    monkeypatch.setattr(prune, "prune_and_finetune", flaky)
+    out = tmp_path / "prune.json"
+    rc = cli.main(["prune", "--model", "nets:tiny_cnn", "--data", str(image_folder), "--image-size", "12",
+                   "--methods", "magnitude", "taylor", "oba-fisher", "--targets", "0.5", "--epochs", "0.5",
+                   "--finetune-steps", "1", "--batch-size", "8", "--score-batches", "1", "--quiet",
+                   "--json", str(out), "--plot", ""])
+    assert rc == 1
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["taylor"]["runs"] == "0/1" and "out of memory (simulated)" in rows["taylor"]["error"]
+    for method in ("magnitude", "oba-fisher"):  # run before and after the failure: both kept
+        assert rows[method]["runs"] == "1/1" and 0 <= rows[method]["acc fine-tuned"] <= 1
+
+
+def test_prune_checks_every_method_before_training(image_folder, monkeypatch):
+    from winnow.demo import prune
+
+    monkeypatch.setattr(prune, "train", lambda *a, **k: pytest.fail("trained before the methods were checked"))
+    with pytest.raises(SystemExit, match="oba-fisher: ValueError: .*more than once"):
+        cli.main(["prune", "--model", "nets:shared_layer_cnn", "--data", str(image_folder), "--image-size", "12",
+                  "--methods", "magnitude", "oba-fisher", "--quiet", "--plot", ""])
 
 
 def test_prune_bad_model_spec_is_a_clear_error(image_folder):

@@ -2,6 +2,8 @@
 sign, "self" = 1/2 theta_S^T H_SS theta_S from torch.autograd.functional.hessian per structure
 (BatchNorm folded into its conv, LayerNorm, grouped and transposed convs, attention heads), and
 "fisher" = 1/2 mean_n (theta_S . grad l_n)^2 from per-example gradients by torch.func.vmap."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,17 @@ class Attn(nn.Module):
 
     def forward(self, x):
         return self.head(self.mha(x, x, x, need_weights=False)[0].mean(1))
+
+
+class Shared(nn.Module):
+    """One Linear applied twice: its channels are scored by the parameter-space route."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
 
 
 def cnn():
@@ -95,12 +108,19 @@ def _attn_sets(model):
     return sets
 
 
+def _shared_sets(model):
+    sets = {("lin", c): {"lin.weight": (c,), "lin.bias": (c,)} for c in range(4)}
+    sets.update({("head", c): {"head.weight": (c,), "head.bias": (c,)} for c in range(3)})
+    return sets
+
+
 CASES = {  # model, input shape, the structures written out by hand
     "cnn_bn_eval": (cnn, (5, 2, 4, 4), _cnn_sets, False),
     "cnn_bn_train": (cnn, (5, 2, 4, 4), _cnn_sets, True),
     "seq_linear_layernorm": (SeqMLP, (5, 3, 4), _seq_sets, False),
     "grouped_and_transposed_conv": (grouped, (5, 2, 4, 4), _grouped_sets, False),
     "attention_heads": (Attn, (4, 5, 8), _attn_sets, False),
+    "shared_layer": (Shared, (5, 4), _shared_sets, False),
 }
 
 
@@ -168,14 +188,24 @@ def test_self_is_each_structures_own_quadratic(case):
         torch.testing.assert_close(per_entry * m, 0.5 * theta * own * m, rtol=1e-10, atol=1e-12)
 
 
-def test_self_batches_the_directions_exactly():
-    """Directions a chunk at a time (1 or all of a module's) give the same scores."""
-    model, batch, _ = make("cnn_bn_eval")
+@pytest.mark.parametrize("case", ["cnn_bn_eval", "cnn_bn_train", "seq_linear_layernorm"])
+def test_self_batches_the_directions_exactly(case):
+    """Directions a channel at a time or all of a module's at once give the same scores."""
+    model, batch, _ = make(case)
     found = structures(model)
     one = self_scores(model, loss_fn, batch, found, max_elements=1)
     many = self_scores(model, loss_fn, batch, found)
     for n in one:
         torch.testing.assert_close(one[n], many[n], rtol=1e-12, atol=1e-14)
+
+
+def test_self_leaves_a_train_mode_batchnorms_statistics_as_one_forward_does():
+    model, batch, _ = make("cnn_bn_train")
+    twin = copy.deepcopy(model)
+    parameter_scores(model, loss_fn, [batch], curvature="self")
+    twin(batch[0])
+    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
 
 
 def _per_example_grads(model, batch):

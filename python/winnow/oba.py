@@ -27,6 +27,7 @@ Structures: `structure_scores` sums the scores per output channel / input channe
 `OBAImportance` plugs them into Torch-Pruning (group reduction, per-group normalisation, one
 global threshold), with `winnow.pruning.prune_iteratively` as the iterative re-score / prune schedule.
 """
+import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -76,9 +77,6 @@ class _NoActivationCurvature:
         for m in self.model.modules():
             fn = _ACTIVATIONS.get(type(m))
             if fn is not None:
-                if getattr(m, "inplace", False):
-                    raise ValueError(f"curvature='oba': in-place activation {type(m).__name__} is not supported; "
-                                     "build the model with inplace=False")
                 self.handles.append(m.register_forward_hook(
                     lambda mod, args, out, fn=fn: _linearised(fn, mod, args[0])))
         return self
@@ -87,6 +85,21 @@ class _NoActivationCurvature:
         for h in self.handles:
             h.remove()
         return False
+
+
+@contextlib.contextmanager
+def _out_of_place(model: nn.Module):
+    """Modules with an `inplace` switch (torchvision's ReLU(inplace=True), Dropout, Hardswish...)
+    compute out of place while scoring (the hooks and the linearised activations keep their inputs
+    and outputs), and are restored after."""
+    switched = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    try:
+        for m in switched:
+            m.inplace = False
+        yield
+    finally:
+        for m in switched:
+            m.inplace = True
 
 
 def _check_batches(batches) -> list:
@@ -109,6 +122,11 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
     method ("full" and "oba"): "fast" = winnow.hvp_fast (reverse over a forward tangent, ~2x a
     gradient; full curvature over all parameters, layers with a tangent rule), "double_backward" =
     the universal path (~3x), "auto" = fast where it applies, else double backward."""
+    with _out_of_place(model):
+        return _parameter_scores(model, loss_fn, batches, curvature, first_order, params, method)
+
+
+def _parameter_scores(model, loss_fn, batches, curvature, first_order, params, method):
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if method not in METHODS:

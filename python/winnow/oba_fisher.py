@@ -125,6 +125,7 @@ def _forward_hook(state: _StructureState, mname: str, module: nn.Module, layout:
             state.a, state.pending_norms = None, []
 
         out.register_hook(on_grad)
+        return out.clone()  # what runs next may write in place (torchvision's `out += identity`): not into y
 
     return hook
 

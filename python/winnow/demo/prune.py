@@ -70,24 +70,53 @@ def accuracy(model, x, y, batch_size=1000) -> float:
                for i in range(0, len(y), batch_size)) / len(y)
 
 
-def importance_and_rescore(method: str, score_batches):
+# winnow prune's methods: OBA under each curvature (winnow.oba), and Torch-Pruning's own importances
+CURVATURE_OF = {"oba": "full", "oba-paper": "oba", "oba-self": "self", "oba-fisher": "fisher"}
+METHODS = ["oba", "oba-paper", "oba-self", "oba-fisher", "magnitude", "taylor"]
+NORMALIZERS = ["none", "mean", "max", "sum", "standarization", "gaussian"]  # Torch-Pruning's spellings
+
+
+def importance_and_rescore(method: str, score_batches, normalizer: str = "mean"):
     """(Torch-Pruning importance, what to run before each pruning step)."""
     import torch_pruning as tp
 
     from winnow.pruning import OBAImportance
 
+    normalizer = None if normalizer == "none" else normalizer
     if method == "magnitude":
-        return tp.importance.GroupMagnitudeImportance(p=2), None
+        return tp.importance.GroupMagnitudeImportance(p=2, normalizer=normalizer), None
     if method == "taylor":
         def grads(model):
             model.zero_grad()
             for b in score_batches:
                 (loss_fn(model, b) / len(score_batches)).backward()
-        return tp.importance.GroupTaylorImportance(), grads
-    if method in ("oba", "oba-paper"):
-        imp = OBAImportance(loss_fn, score_batches, curvature="full" if method == "oba" else "oba")
+        return tp.importance.GroupTaylorImportance(normalizer=normalizer), grads
+    if method in CURVATURE_OF:
+        imp = OBAImportance(loss_fn, score_batches, curvature=CURVATURE_OF[method], normalizer=normalizer)
         return imp, imp.refresh
     raise ValueError(f"unknown method {method!r}")
+
+
+def preflight(model: nn.Module, methods, example, batch, normalizer: str) -> None:
+    """Score and rank every group once per method on a copy of the untrained model, so that a
+    method this model cannot run fails before anything trains (SystemExit naming each)."""
+    import torch_pruning as tp
+
+    problems = []
+    for method in methods:
+        probe = copy.deepcopy(model).eval()
+        try:
+            imp, rescore = importance_and_rescore(method, [batch], normalizer)
+            if rescore is not None:
+                rescore(probe)
+            pruner = tp.pruner.BasePruner(probe, example, importance=imp, global_pruning=True, pruning_ratio=0.5,
+                                          iterative_steps=1, ignored_layers=[final_layer(probe)])
+            next(iter(pruner.step(interactive=True)), None)  # global pruning scores every group first
+        except Exception as e:  # noqa: BLE001  (whatever stops a method is reported, by method)
+            problems.append(f"{method}: {type(e).__name__}: {e}")
+    if problems:
+        raise SystemExit(f"{type(model).__name__}: these methods cannot prune it (nothing was trained):\n  "
+                         + "\n  ".join(problems))
 
 
 def build_model(spec: str | None, in_channels: int, num_classes: int) -> nn.Module:
@@ -128,26 +157,78 @@ def load_data(args):
     return train, test, f"{args.data} ({len(classes)} classes)"
 
 
-def main(argv=None, prog="python -m winnow.demo.prune") -> int:
+def parser(prog="python -m winnow.demo.prune") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
-    methods = ["oba", "magnitude", "taylor", "oba-paper"]
-    ap.add_argument("--methods", nargs="+", default=methods, choices=methods,
-                    help="oba: full Hessian; oba-paper: the paper's curvature (H - Gauss-Newton)")
+    ap.add_argument("--methods", nargs="+", default=["oba", "magnitude", "taylor", "oba-paper"], choices=METHODS,
+                    help="OBA's curvatures (winnow.oba): oba = full Hessian (FastOBA), oba-paper = H - Gauss-Newton, "
+                         "oba-self = each channel's own quadratic (exact), oba-fisher = its per-example estimate; "
+                         "magnitude and taylor: Torch-Pruning's importances")
+    ap.add_argument("--normalizer", default="mean", choices=NORMALIZERS,
+                    help="Torch-Pruning's per-group normaliser of every method's scores")
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.25, 0.1], help="FLOPs kept, as fractions")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--finetune-steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--score-batches", type=int, default=4)
+    ap.add_argument("--prune-steps", type=int, default=20,
+                    help="at most this many re-score + prune steps to reach each target")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="one dense model's seed (see --seeds)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="train a dense model per seed; the table shows mean +- sd over seeds x draws")
+    ap.add_argument("--draws", type=int, default=1, help="draws of the score batches per dense model")
     ap.add_argument("--plot", default="fashion_mnist_pruning.png", help="PNG of accuracy vs FLOPs ('' for none)")
-    ap.add_argument("--json", default=None, help="write the results table (and settings) as JSON here")
+    ap.add_argument("--json", default=None, help="write the results (every run, and the summary) as JSON here; "
+                                                 "rewritten as each run finishes")
     ap.add_argument("--model", default=None, help="module:callable returning the model (default: the demo CNN)")
     ap.add_argument("--data", default=None, help="an image folder, torchvision ImageFolder layout (default: "
                                                  "Fashion-MNIST)")
     ap.add_argument("--image-size", type=int, default=32, help="side length images from --data are resized to")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def prune_and_finetune(model, method, target, score_batches, data, args, seed) -> dict:
+    """One run: a copy of the dense model pruned to `target` FLOPs by `method`, then fine-tuned."""
+    from winnow.pruning import flops_and_params, prune_iteratively
+
+    (x, y), (xt, yt), example, base_flops, base_params = data
+    t1 = time.perf_counter()
+    pruned = copy.deepcopy(model).eval()
+    imp, rescore = importance_and_rescore(method, score_batches, args.normalizer)
+    prune_iteratively(pruned, example, imp, flops_ratio=target, before_step=rescore, max_steps=args.prune_steps,
+                      ignored_layers=[final_layer(pruned)])
+    flops, params = flops_and_params(pruned, example)
+    after_prune = accuracy(pruned, xt, yt)
+    train(pruned, stream(x, y, args.batch_size, seed + 2, args.device), args.finetune_steps, args.lr / 2,
+          None if args.quiet else f"  {method} @ {target}: fine-tune")
+    return {"FLOPs kept": flops / base_flops, "params kept": params / base_params, "acc pruned": after_prune,
+            "acc fine-tuned": accuracy(pruned, xt, yt), "s": time.perf_counter() - t1}
+
+
+COLUMNS = ["FLOPs kept", "params kept", "acc pruned", "acc fine-tuned", "s"]
+
+
+def summarize_runs(runs: list[dict], targets, methods) -> list[dict]:
+    """A row per (target, method): mean and sd over the runs that finished; failures listed."""
+    from winnow.demo.study import summarize
+
+    rows = []
+    for target in targets:
+        for method in methods:
+            mine = [r for r in runs if r["target"] == target and r["method"] == method]
+            done = [r for r in mine if "error" not in r]
+            row = {"target": target, **(summarize(done, COLUMNS) if done else {"method": method}),
+                   "runs": f"{len(done)}/{len(mine)}"}
+            if len(done) < len(mine):
+                row["error"] = next(r["error"] for r in mine if "error" in r)
+            rows.append(row)
+    return rows
+
+
+def main(argv=None, prog="python -m winnow.demo.prune") -> int:
+    ap = parser(prog)
     args = ap.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,60 +236,80 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
         ap.error("--device cuda: no CUDA device is visible here")
     if any(not 0 < t < 1 for t in args.targets):
         ap.error("--targets must be fractions in (0, 1)")
-    if args.epochs <= 0 or args.finetune_steps < 0 or args.batch_size < 1 or args.score_batches < 1:
-        ap.error("--epochs must be > 0, --finetune-steps >= 0, --batch-size and --score-batches >= 1")
+    if args.epochs <= 0 or args.finetune_steps < 0 or args.batch_size < 1 or args.score_batches < 1 or args.draws < 1 \
+            or args.prune_steps < 1:
+        ap.error("--epochs must be > 0, --finetune-steps >= 0, --batch-size, --score-batches, --draws and "
+                 "--prune-steps >= 1")
+    seeds = args.seeds or [args.seed]
 
-    from winnow.pruning import flops_and_params, prune_iteratively
+    from tqdm import tqdm
+
+    from winnow.demo.study import as_cells
+    from winnow.pruning import flops_and_params
 
     t0 = time.perf_counter()
     (x, y), (xt, yt), data_name = load_data(args)
     args.batch_size = min(args.batch_size, len(y))
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device)
-    steps = max(1, int(args.epochs * len(y) / args.batch_size))
-    bar = (lambda text: None) if args.quiet else (lambda text: text)
-    train(model, stream(x, y, args.batch_size, args.seed, args.device), steps, args.lr, bar("dense training"))
     example = x[:1].to(args.device)
-    base_flops, base_params = flops_and_params(model, example)
-    dense_acc = accuracy(model, xt, yt)
-    print(f"{data_name}: dense {type(model).__name__} {base_params} params, {base_flops / 1e6:.2f} MFLOPs, test acc {dense_acc:.4f} "
-          f"after {steps} steps ({time.perf_counter() - t0:.0f} s)")
-    g = torch.Generator().manual_seed(args.seed + 1)
-    pick = torch.randperm(len(y), generator=g)[:args.score_batches * args.batch_size]
-    score_batches = [(x[i].to(args.device), y[i].to(args.device)) for i in pick.split(args.batch_size)]
-
-    from tqdm import tqdm
-
-    rows = []
-    runs = [(t, m) for t in args.targets for m in args.methods]
-    for target, method in tqdm(runs, desc="prune + fine-tune", ncols=90, disable=args.quiet):
-        t1 = time.perf_counter()
-        pruned = copy.deepcopy(model).eval()
-        imp, rescore = importance_and_rescore(method, score_batches)
-        prune_iteratively(pruned, example, imp, flops_ratio=target, before_step=rescore,
-                          ignored_layers=[final_layer(pruned)])
-        flops, params = flops_and_params(pruned, example)
-        after_prune = accuracy(pruned, xt, yt)
-        train(pruned, stream(x, y, args.batch_size, args.seed + 2, args.device), args.finetune_steps, args.lr / 2,
-              bar(f"  {method} @ {target}: fine-tune"))
-        rows.append({"target": target, "method": method, "FLOPs kept": flops / base_flops,
-                     "params kept": params / base_params, "acc pruned": after_prune,
-                     "acc fine-tuned": accuracy(pruned, xt, yt), "s": time.perf_counter() - t1})
-    cols = ["target", "method", "FLOPs kept", "params kept", "acc pruned", "acc fine-tuned", "s"]
-    print(format_table(rows, cols))
-    print(f"dense test acc {dense_acc:.4f}; fine-tuning: {args.finetune_steps} steps of {args.batch_size} for every "
-          f"method; scores from {args.score_batches} batches; total {time.perf_counter() - t0:.0f} s")
+    torch.manual_seed(seeds[0])
+    preflight(build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device), args.methods, example,
+              (x[:2].to(args.device), y[:2].to(args.device)), args.normalizer)
+    runs, dense = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device)
+        steps = max(1, int(args.epochs * len(y) / args.batch_size))
+        train(model, stream(x, y, args.batch_size, seed, args.device), steps, args.lr,
+              None if args.quiet else f"dense training (seed {seed})")
+        base_flops, base_params = flops_and_params(model, example)
+        dense.append({"seed": seed, "acc": accuracy(model, xt, yt)})
+        print(f"{data_name}: dense {type(model).__name__} (seed {seed}) {base_params} params, "
+              f"{base_flops / 1e6:.2f} MFLOPs, test acc {dense[-1]['acc']:.4f} after {steps} steps "
+              f"({time.perf_counter() - t0:.0f} s)")
+        data = ((x, y), (xt, yt), example, base_flops, base_params)
+        for draw in range(args.draws):
+            g = torch.Generator().manual_seed(seed * 1000 + draw + 1)  # seed 0, draw 0: the one-draw demo's batches
+            pick = torch.randperm(len(y), generator=g)[:args.score_batches * args.batch_size]
+            score_batches = [(x[i].to(args.device), y[i].to(args.device)) for i in pick.split(args.batch_size)]
+            todo = [(t, m) for t in args.targets for m in args.methods]
+            for target, method in tqdm(todo, desc=f"prune + fine-tune (seed {seed}, draw {draw})", ncols=90,
+                                       disable=args.quiet):
+                run = {"target": target, "method": method, "seed": seed, "draw": draw}
+                try:
+                    run.update(prune_and_finetune(model, method, target, score_batches, data, args, seed))
+                except Exception as e:  # noqa: BLE001  (a failing method keeps the finished runs and reports)
+                    run["error"] = f"{type(e).__name__}: {e}"
+                    print(f"{method} @ {target} (seed {seed}, draw {draw}) failed: {run['error']}")
+                runs.append(run)
+                if args.json:
+                    _write_json(args, runs, dense, data_name)
+    rows = summarize_runs(runs, args.targets, args.methods)
+    cols = ["target", "method", *COLUMNS, "runs"] + (["error"] if any("error" in r for r in rows) else [])
+    print(format_table([{"target": r["target"], "method": r["method"], **as_cells(r, cols)} for r in rows], cols))
+    dense_acc = sum(d["acc"] for d in dense) / len(dense)
+    print(f"dense test acc {dense_acc:.4f} (mean of {len(dense)}); fine-tuning: {args.finetune_steps} steps of "
+          f"{args.batch_size} for every method; scores from {args.score_batches} batches, {args.draws} draw(s) per "
+          f"dense model; normaliser {args.normalizer}; total {time.perf_counter() - t0:.0f} s")
     if args.json:
-        report.write_json(args.json, {"task": "prune", "settings": vars(args), "dense acc": dense_acc,
-                                      "dense params": base_params, "dense FLOPs": base_flops, "rows": rows})
+        _write_json(args, runs, dense, data_name, rows)
         print(f"results written to {args.json}")
     if args.plot:
         plot(rows, dense_acc, args.plot, data_name)
         print(f"plot written to {args.plot}")
-    return 0
+    return 1 if any("error" in r for r in runs) else 0
+
+
+def _write_json(args, runs, dense, data_name, rows=None) -> None:
+    payload = {"task": "prune", "data": data_name, "settings": vars(args), "dense": dense,
+               "dense acc": sum(d["acc"] for d in dense) / len(dense), "runs": runs}
+    if rows is not None:
+        payload["rows"] = rows
+    report.write_json(args.json, payload)
 
 
 def plot(rows, dense_acc, path, data_name="Fashion-MNIST"):
+    """Accuracy vs FLOPs kept per method, after fine-tuning and right after pruning (error bars:
+    the sd over seeds x draws)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,8 +318,10 @@ def plot(rows, dense_acc, path, data_name="Fashion-MNIST"):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("acc fine-tuned", "acc pruned")):
         for method in dict.fromkeys(r["method"] for r in rows):
-            pts = sorted((r["FLOPs kept"], r[key]) for r in rows if r["method"] == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            pts = sorted((r["FLOPs kept"], r[key], r.get(key + " sd", 0.0)) for r in rows
+                         if r["method"] == method and key in r)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=method)
         ax.axhline(dense_acc, color="gray", linestyle="--", label="dense")
         ax.set_xlabel("FLOPs kept (fraction of dense)")
         ax.set_ylabel("test accuracy")

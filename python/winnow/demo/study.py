@@ -61,7 +61,9 @@ def choose(rows: list[dict], metric: str, higher_is_better: bool) -> dict:
 def summarize(runs: list[dict], columns: list[str]) -> dict:
     """One row for a method's runs over seeds: each numeric column's mean, and its sample standard
     deviation as "<column> sd"; other columns as the first run has them."""
-    row = {"method": runs[0]["method"], "lr": runs[0]["lr"], "seeds": [r["seed"] for r in runs]}
+    row = {"method": runs[0]["method"], "seeds": [r["seed"] for r in runs]}
+    if "lr" in runs[0]:
+        row["lr"] = runs[0]["lr"]
     for c in columns:
         values = [r[c] for r in runs if isinstance(r.get(c), (int, float))]
         if len(values) == len(runs):
