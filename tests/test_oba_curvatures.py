@@ -289,3 +289,34 @@ def test_oba_importance_scores_a_channel_by_its_own_structure(curvature):
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=batch[0])
     group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(4)))
     torch.testing.assert_close(imp(group), sums["0"]["out"].abs().to(imp(group).dtype))
+
+
+class _Clamped(nn.Module):
+    """hardswish / hardsigmoid written with clamp: twice differentiable, the same values."""
+
+    def __init__(self, swish: bool):
+        super().__init__()
+        self.swish = swish
+
+    def forward(self, x):
+        s = torch.clamp(x + 3, 0, 6) / 6
+        return x * s if self.swish else s
+
+
+@pytest.mark.parametrize("curvature", ["full", "self"])
+def test_hardswish_and_hardsigmoid_are_scored_through_their_curvature(curvature):
+    """torch's Hardswish / Hardsigmoid kernels have no double backward (MobileNetV3 uses both,
+    in place): scores equal those of the clamp-written twin, whose Hessian autograd has."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Hardswish(inplace=True), nn.Linear(6, 5), nn.Hardsigmoid(inplace=True),
+                          nn.Linear(5, 3)).double()
+    twin = copy.deepcopy(model)
+    twin[1], twin[3] = _Clamped(True), _Clamped(False)
+    batch = (4 * torch.randn(9, 4, dtype=torch.float64), torch.randint(0, 3, (9,)))  # every region of the clamps
+    got = parameter_scores(model, loss_fn, [batch], curvature=curvature)
+    want = parameter_scores(twin, loss_fn, [batch], curvature=curvature, method="double_backward")
+    assert model[1].inplace and model[3].inplace  # restored
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-12, atol=1e-14)
+    theta, H = _explicit_hessian(twin, batch)
+    assert H.abs().max() > 0

@@ -55,7 +55,22 @@ _ACTIVATIONS = {
     nn.Sigmoid: lambda m, x: torch.sigmoid(x),
     nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
     nn.ELU: lambda m, x: F.elu(x, m.alpha),
+    nn.Hardswish: lambda m, x: _hardswish(x),
+    nn.Hardsigmoid: lambda m, x: _hardsigmoid(x),
 }
+
+
+def _hardsigmoid(x):
+    return torch.clamp(x + 3, 0, 6) / 6
+
+
+def _hardswish(x):
+    return x * _hardsigmoid(x)
+
+
+# torch's hardswish / hardsigmoid kernels have no double backward: the same functions written with
+# clamp (twice differentiable) replace their outputs while scoring
+_TWICE_DIFFERENTIABLE = {nn.Hardswish: _hardswish, nn.Hardsigmoid: _hardsigmoid}
 
 
 def _linearised(fn, module, x: torch.Tensor) -> torch.Tensor:
@@ -88,11 +103,14 @@ class _NoActivationCurvature:
 
 
 @contextlib.contextmanager
-def _out_of_place(model: nn.Module):
-    """Modules with an `inplace` switch (torchvision's ReLU(inplace=True), Dropout, Hardswish...)
-    compute out of place while scoring (the hooks and the linearised activations keep their inputs
-    and outputs), and are restored after."""
+def _scoreable(model: nn.Module):
+    """While scoring: modules with an `inplace` switch (torchvision's ReLU(inplace=True), Dropout,
+    Hardswish...) compute out of place (the hooks and the linearised activations keep their inputs
+    and outputs), and Hardswish / Hardsigmoid outputs are recomputed twice differentiably; all
+    restored after."""
     switched = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    handles = [m.register_forward_hook(lambda mod, args, out, fn=_TWICE_DIFFERENTIABLE[type(m)]: fn(args[0]))
+               for m in model.modules() if type(m) in _TWICE_DIFFERENTIABLE]
     try:
         for m in switched:
             m.inplace = False
@@ -100,6 +118,8 @@ def _out_of_place(model: nn.Module):
     finally:
         for m in switched:
             m.inplace = True
+        for h in handles:
+            h.remove()
 
 
 def _check_batches(batches) -> list:
@@ -122,7 +142,7 @@ def parameter_scores(model: nn.Module, loss_fn: Callable, batches: Iterable, cur
     method ("full" and "oba"): "fast" = winnow.hvp_fast (reverse over a forward tangent, ~2x a
     gradient; full curvature over all parameters, layers with a tangent rule), "double_backward" =
     the universal path (~3x), "auto" = fast where it applies, else double backward."""
-    with _out_of_place(model):
+    with _scoreable(model):
         return _parameter_scores(model, loss_fn, batches, curvature, first_order, params, method)
 
 
