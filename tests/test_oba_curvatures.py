@@ -320,3 +320,12 @@ def test_hardswish_and_hardsigmoid_are_scored_through_their_curvature(curvature)
         torch.testing.assert_close(got[n], want[n], rtol=1e-12, atol=1e-14)
     theta, H = _explicit_hessian(twin, batch)
     assert H.abs().max() > 0
+
+
+@pytest.mark.parametrize("curvature", ["self", "fisher"])
+def test_a_layer_the_forward_skips_scores_zero(curvature):
+    """Removing a layer that does not run (an auxiliary head in eval mode) costs nothing."""
+    model, batch, _ = make("seq_linear_layernorm")
+    model.unused = nn.Linear(6, 2).double()
+    scores = parameter_scores(model, loss_fn, [batch], curvature=curvature)
+    assert scores["unused.weight"].abs().max() == 0 and scores["proj.weight"].abs().max() > 0
