@@ -1,12 +1,16 @@
 """OBA vs magnitude vs first-order Taylor structured pruning: by default a small CNN on Fashion-MNIST.
 
-winnow prune [--targets 0.5 0.25 0.1] [--epochs 2] [--finetune-steps 150] [--plot PATH] [--json PATH]
+winnow prune [--methods ...] [--normalizer mean] [--targets 0.5 0.25 0.1] [--epochs 2] [--finetune-steps 150]
+             [--seeds 0 1 --draws 4] [--plot PATH] [--json PATH]
              [--model module:callable] [--data IMAGE_FOLDER] [--image-size 32]
 (or python -m winnow.demo.prune)
 
-One CNN is trained, then for every FLOPs target and method a copy is pruned iteratively
-(re-score, remove channels through Torch-Pruning, repeat until the target) and fine-tuned with
-the same budget; prints test accuracy vs FLOPs / params and writes a plot.
+Every method is first tried on the untrained model (a method the model cannot run stops the
+command before anything trains). Then one dense model is trained per seed, and for every draw of
+the score batches, FLOPs target and method a copy is pruned iteratively (re-score, remove channels
+through Torch-Pruning, repeat until the target) and fine-tuned with the same budget; a run that
+fails is reported on its own row and the others kept. Prints test accuracy vs FLOPs / params
+(mean +- sd over seeds x draws) and writes a plot.
 """
 import argparse
 import copy
