@@ -99,12 +99,9 @@ def channel_scores(model: nn.Module, layers, batches) -> tuple[dict, dict]:
     for b in batches:
         (loss_fn(model, b) / len(batches)).backward()
     for name, per_entry in (("magnitude", lambda p: p.detach() ** 2), ("taylor", lambda p: p.detach() * p.grad)):
-        out[name] = {}
-        for s in layers:
-            total = torch.zeros(s.count, dtype=torch.float64)
-            for n, owner in s.owners.items():
-                total.index_add_(0, owner.flatten(), per_entry(named[n]).double().flatten())
-            out[name][s.name] = total if name == "magnitude" else total.abs()
+        sums = structure_scores(model, {n: per_entry(p).double() for n, p in named.items() if p.grad is not None})
+        out[name] = {s.name: sums[s.name]["out"] if name == "magnitude" else sums[s.name]["out"].abs()
+                     for s in layers}
     model.zero_grad()
     return out, seconds
 

@@ -65,6 +65,29 @@ def grouped():
                          nn.Tanh(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
 
 
+class PaddedAndSized(nn.Module):
+    """A reflect-padded conv, and a transposed conv whose output size forward chooses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect")
+        self.up = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1)
+        self.head = nn.Linear(3 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.up(torch.tanh(self.conv(x)), output_size=(8, 8))).flatten(1))
+
+
+def _padded_sets(model):
+    sets = {}
+    for c in range(4):
+        sets[("conv", c)] = {"conv.weight": (c,), "conv.bias": (c,)}
+    for c in range(3):  # transposed: weight (in 4, out 3, k, k)
+        sets[("up", c)] = {"up.weight": (slice(None), c), "up.bias": (c,)}
+        sets[("head", c)] = {"head.weight": (c,), "head.bias": (c,)}
+    return sets
+
+
 def _cnn_sets(model):
     sets = {}
     for c in range(4):  # conv 0's channel: its row and bias and the BatchNorm's pair
@@ -119,6 +142,7 @@ CASES = {  # model, input shape, the structures written out by hand
     "cnn_bn_train": (cnn, (5, 2, 4, 4), _cnn_sets, True),
     "seq_linear_layernorm": (SeqMLP, (5, 3, 4), _seq_sets, False),
     "grouped_and_transposed_conv": (grouped, (5, 2, 4, 4), _grouped_sets, False),
+    "padding_mode_and_output_size": (PaddedAndSized, (5, 2, 4, 4), _padded_sets, False),
     "attention_heads": (Attn, (4, 5, 8), _attn_sets, False),
     "shared_layer": (Shared, (5, 4), _shared_sets, False),
 }
@@ -219,7 +243,8 @@ def _per_example_grads(model, batch):
     return vmap(grad(one), in_dims=(None, 0, 0))(params, *batch)
 
 
-@pytest.mark.parametrize("case", ["cnn_bn_eval", "seq_linear_layernorm", "grouped_and_transposed_conv"])
+@pytest.mark.parametrize("case", ["cnn_bn_eval", "seq_linear_layernorm", "grouped_and_transposed_conv",
+                                  "padding_mode_and_output_size"])
 def test_fisher_is_its_definition_from_per_example_gradients(case):
     model, batch, sets = make(case)
     g = _per_example_grads(model, batch)
@@ -329,3 +354,34 @@ def test_a_layer_the_forward_skips_scores_zero(curvature):
     model.unused = nn.Linear(6, 2).double()
     scores = parameter_scores(model, loss_fn, [batch], curvature=curvature)
     assert scores["unused.weight"].abs().max() == 0 and scores["proj.weight"].abs().max() > 0
+
+
+@pytest.mark.parametrize("curvature", ["self", "fisher"])
+def test_a_float32_model_scores_as_its_float64_twin(curvature):
+    """Fisher forms its products in the model's dtype (no full float64 copy of the activations)
+    and accumulates in float64: float32 scores match the float64 ones to float32 rounding."""
+    model, (x, y), _ = make("cnn_bn_eval")
+    want = parameter_scores(model, loss_fn, [(x, y)], curvature=curvature)
+    got = parameter_scores(model.float(), loss_fn, [(x.float(), y)], curvature=curvature)
+    for n in want:
+        assert got[n].dtype == torch.float64
+        torch.testing.assert_close(got[n], want[n], rtol=2e-4, atol=1e-6 * want[n].abs().max().item())
+
+
+def test_public_hvp_differentiates_hardswish_and_hardsigmoid_twice():
+    """winnow.hvp.hvp on torch's Hardswish / Hardsigmoid (no double backward of their own,
+    here in place): the Hessian-vector product of the clamp-written twin; the modules restored."""
+    from winnow.hvp import hvp
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Hardswish(inplace=True), nn.Linear(6, 5), nn.Hardsigmoid(inplace=True),
+                          nn.Linear(5, 3)).double()
+    twin = copy.deepcopy(model)
+    twin[1], twin[3] = _Clamped(True), _Clamped(False)
+    batch = (4 * torch.randn(9, 4, dtype=torch.float64), torch.randint(0, 3, (9,)))
+    vectors = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    got, want = hvp(model, loss_fn, batch, vectors), hvp(twin, loss_fn, batch, vectors)
+    assert model[1].inplace and model[3].inplace and not model[1]._forward_hooks
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-12, atol=1e-14)
+    assert max(w.abs().max() for w in want.values()) > 0

@@ -14,10 +14,39 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def _twice_differentiable():
-    """Fused attention kernels (flash, memory-efficient) have no double backward; the math
-    backend is composed of differentiable ops."""
-    return sdpa_kernel([SDPBackend.MATH])
+def _hardsigmoid(x):
+    return torch.clamp(x + 3, 0, 6) / 6
+
+
+def _hardswish(x):
+    return x * _hardsigmoid(x)
+
+
+# torch's hardswish / hardsigmoid kernels have no double backward: the same functions written with
+# clamp (twice differentiable) replace their outputs
+_CLAMP_FORMS = {nn.Hardswish: _hardswish, nn.Hardsigmoid: _hardsigmoid}
+
+
+@contextlib.contextmanager
+def _twice_differentiable(model: nn.Module):
+    """While differentiating twice: attention on the math backend (the fused flash and
+    memory-efficient kernels have no double backward), Hardswish / Hardsigmoid recomputed in
+    their clamp form out of place (prepended hooks: later hooks, e.g. OBA's linearisation, still
+    see and replace the output). All restored after."""
+    swapped = [m for m in model.modules() if type(m) in _CLAMP_FORMS]
+    in_place = [m for m in swapped if m.inplace]
+    handles = [m.register_forward_hook(lambda mod, args, out, fn=_CLAMP_FORMS[type(m)]: fn(args[0]), prepend=True)
+               for m in swapped]
+    try:
+        for m in in_place:  # the hook recomputes from the input: it must not be overwritten
+            m.inplace = False
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        for m in in_place:
+            m.inplace = True
+        for h in handles:
+            h.remove()
 
 
 def _resolve(model: nn.Module, vectors: Mapping[str, torch.Tensor]) -> tuple[list[str], list, list]:
@@ -73,7 +102,7 @@ def _zeros_for_none(tensors, like):
 def hvp_and_grad(model: nn.Module, loss_fn: Callable, batch, vectors: Mapping[str, torch.Tensor]):
     """({name: H v}, {name: gradient}) from one forward and a double backward."""
     names, params, vecs = _resolve(model, vectors)
-    with _with_grad(params), torch.enable_grad(), _twice_differentiable():
+    with _with_grad(params), torch.enable_grad(), _twice_differentiable(model):
         loss = _scalar_loss(loss_fn(model, batch))
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         pairs = [(g, v) for g, v in zip(grads, vecs) if g is not None and g.requires_grad]
@@ -114,7 +143,7 @@ def ggn_vp(model: nn.Module, loss_fn: Callable, batch, vectors: Mapping[str, tor
     names, params, vecs = _resolve(model, vectors)
     box, handle = _capture_output(model)
     try:
-        with _with_grad(params), torch.enable_grad(), _twice_differentiable():
+        with _with_grad(params), torch.enable_grad(), _twice_differentiable(model):
             loss = _scalar_loss(loss_fn(model, batch))
     finally:
         handle.remove()

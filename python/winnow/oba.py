@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from winnow import ops
-from winnow.hvp import ggn_vp, hvp_and_grad
+from winnow.hvp import _hardsigmoid, _hardswish, ggn_vp, hvp_and_grad
 from winnow.hvp_fast import Unsupported, theta_hvp, trace
 from winnow.oba_fisher import fisher_scores
 from winnow.oba_self import self_scores
@@ -58,19 +58,6 @@ _ACTIVATIONS = {
     nn.Hardswish: lambda m, x: _hardswish(x),
     nn.Hardsigmoid: lambda m, x: _hardsigmoid(x),
 }
-
-
-def _hardsigmoid(x):
-    return torch.clamp(x + 3, 0, 6) / 6
-
-
-def _hardswish(x):
-    return x * _hardsigmoid(x)
-
-
-# torch's hardswish / hardsigmoid kernels have no double backward: the same functions written with
-# clamp (twice differentiable) replace their outputs while scoring
-_TWICE_DIFFERENTIABLE = {nn.Hardswish: _hardswish, nn.Hardsigmoid: _hardsigmoid}
 
 
 def _linearised(fn, module, x: torch.Tensor) -> torch.Tensor:
@@ -104,13 +91,10 @@ class _NoActivationCurvature:
 
 @contextlib.contextmanager
 def _scoreable(model: nn.Module):
-    """While scoring: modules with an `inplace` switch (torchvision's ReLU(inplace=True), Dropout,
-    Hardswish...) compute out of place (the hooks and the linearised activations keep their inputs
-    and outputs), and Hardswish / Hardsigmoid outputs are recomputed twice differentiably; all
-    restored after."""
+    """While scoring, modules with an `inplace` switch (torchvision's ReLU(inplace=True), Dropout,
+    Hardswish...) compute out of place: the hooks and the linearised activations keep their
+    inputs and outputs. Restored after."""
     switched = [m for m in model.modules() if getattr(m, "inplace", None) is True]
-    handles = [m.register_forward_hook(lambda mod, args, out, fn=_TWICE_DIFFERENTIABLE[type(m)]: fn(args[0]))
-               for m in model.modules() if type(m) in _TWICE_DIFFERENTIABLE]
     try:
         for m in switched:
             m.inplace = False
@@ -118,8 +102,6 @@ def _scoreable(model: nn.Module):
     finally:
         for m in switched:
             m.inplace = True
-        for h in handles:
-            h.remove()
 
 
 def _check_batches(batches) -> list:

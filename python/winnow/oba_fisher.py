@@ -21,19 +21,25 @@ covered (their projections run inside one functional call): use curvature="self"
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from winnow.hvp import _scalar_loss, _with_grad
 from winnow.oba_structures import Structures
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in at least float32: products of bf16 / fp16 activations are formed in float32 (float32
+    and float64 tensors are used as they are: no full-size float64 copy)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def per_example_channel_sums(t: torch.Tensor, layout: int, count: int) -> torch.Tensor:
-    """(N, count) sums of t over every dim but the example dim (0) and the channels: dim 1
+    """(N, count) float64 sums of t over every dim but the example dim (0) and the channels: dim 1
     (layout 0) or the last `layout` dims, flattened."""
     if layout == 0:
         t = t.movedim(1, -1)
-    return t.reshape(t.shape[0], -1, count).sum(1)
+    return t.reshape(t.shape[0], -1, count).sum(1, dtype=torch.float64)
 
 
 def _channel_view(values: torch.Tensor, like: torch.Tensor, layout: int) -> torch.Tensor:
@@ -43,10 +49,6 @@ def _channel_view(values: torch.Tensor, like: torch.Tensor, layout: int) -> torc
         return values.view(*lead, values.shape[-1], *([1] * (like.dim() - 2)))
     middle = like.dim() - layout - len(lead)
     return values.view(*lead, *([1] * middle), *like.shape[like.dim() - layout:])
-
-
-# layers being re-run by _layer_scores for their weight gradient: their forward hooks stand aside
-_RECOMPUTING: set[int] = set()
 
 
 class _StructureState:
@@ -97,8 +99,6 @@ def _forward_hook(state: _StructureState, mname: str, module: nn.Module, layout:
     prefix = f"{mname}." if mname else ""
 
     def hook(mod, args, out):
-        if id(mod) in _RECOMPUTING:
-            return
         if owner:
             state.calls += 1
             if state.calls > 1:
@@ -106,18 +106,21 @@ def _forward_hook(state: _StructureState, mname: str, module: nn.Module, layout:
                                  "(its per-example contributions would be split between the calls)")
         if not isinstance(out, torch.Tensor) or not out.requires_grad:
             return
-        x = args[0].detach() if owner else None
+        x = args[0].detach() if owner else None  # the layer's input, for its weight gradient
         y = out.detach()
 
         def on_grad(delta):
             n, count = y.shape[0], state.s.count
-            part = n * per_example_channel_sums(delta.double() * y.double(), layout, count)
+            part = n * per_example_channel_sums(_wide(delta) * _wide(y), layout, count)
             if not owner:  # a folded norm: its part now, its scores once the layer's part is in
                 state.a = part if state.a is None else state.a + part
                 state.pending_norms.append((prefix, mod, layout, delta.detach(), y))
                 return
             a = part if state.a is None else state.a + part
-            _layer_scores(prefix, mod, x, delta, a, layout, scores)
+            if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+                _layer_scores(prefix, mod, x, delta, a, layout, scores)
+            else:  # a norm channel no layer owns: its own affine pair
+                _affine_scores(prefix, mod, y, delta, a, layout, scores)
             for norm_prefix, norm, norm_layout, norm_delta, norm_y in state.pending_norms:
                 _affine_scores(norm_prefix, norm, norm_y, norm_delta, a, norm_layout, scores)
             state.a, state.pending_norms = None, []
@@ -131,22 +134,31 @@ def _forward_hook(state: _StructureState, mname: str, module: nn.Module, layout:
 def _layer_scores(prefix, layer, x, delta, a, layout, scores) -> None:
     """A Linear / Conv layer's entries: 1/2 W * (its weight gradient with the output gradient
     scaled by a), 1/2 b * sum_n a_n (per-example bias gradient)."""
-    weight = layer.weight.detach().to(x.dtype).requires_grad_(True)
-    replaced = {"weight": weight}
-    if layer.bias is not None:  # the input's dtype throughout (autocast leaves bf16 inputs)
-        replaced["bias"] = layer.bias.detach().to(x.dtype)
-    _RECOMPUTING.add(id(layer))
-    try:
-        with torch.enable_grad():
-            out = functional_call(layer, replaced, (x,))
-    finally:
-        _RECOMPUTING.discard(id(layer))
+    weight = layer.weight.detach().to(x.dtype).requires_grad_(True)  # the input's dtype (autocast: bf16)
+    with torch.enable_grad():
+        out = _without_bias(layer, x, weight, delta.shape)
     scaled = delta * _channel_view(a, delta, layout).to(delta.dtype)
     (gw,) = torch.autograd.grad(out, weight, grad_outputs=scaled)
     scores[prefix + "weight"] += 0.5 * layer.weight.detach().double() * gw.double()
     if layer.bias is not None:
-        b_sums = per_example_channel_sums(delta.double(), layout, a.shape[1])
+        b_sums = per_example_channel_sums(delta, layout, a.shape[1])
         scores[prefix + "bias"] += 0.5 * layer.bias.detach().double() * (a * b_sums).sum(0)
+
+
+def _without_bias(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, shape) -> torch.Tensor:
+    """The layer's output without its bias, as a function of `weight` (its weight gradient's
+    graph), computed by the functional op: the module's hooks do not run again."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight)
+    if not layer.transposed:
+        return layer._conv_forward(x, weight, None)  # handles every padding_mode
+    # a transposed conv's output size may have been chosen in forward (output_size=): read it from the output
+    dims = len(layer.kernel_size)
+    natural = [(x.shape[2 + i] - 1) * layer.stride[i] - 2 * layer.padding[i]
+               + layer.dilation[i] * (layer.kernel_size[i] - 1) + 1 for i in range(dims)]
+    output_padding = [shape[2 + i] - natural[i] for i in range(dims)]
+    transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+    return transpose(x, weight, None, layer.stride, layer.padding, output_padding, layer.groups, layer.dilation)
 
 
 def _affine_scores(prefix, norm, y, delta, a, layout, scores) -> None:
@@ -155,9 +167,9 @@ def _affine_scores(prefix, norm, y, delta, a, layout, scores) -> None:
     count = a.shape[1]
     weight = scores[prefix + "weight"]
     beta = norm.bias.detach().double() if norm.bias is not None else None
-    shift = 0 if beta is None else _channel_view(beta.flatten(), y, layout)
-    gamma_sums = per_example_channel_sums(delta.double() * (y.double() - shift), layout, count)
+    shift = 0 if beta is None else _channel_view(beta.flatten(), y, layout).to(_wide(y).dtype)
+    gamma_sums = per_example_channel_sums(_wide(delta) * (_wide(y) - shift), layout, count)
     weight += 0.5 * (a * gamma_sums).sum(0).view(weight.shape)
     if beta is not None:
-        beta_sums = per_example_channel_sums(delta.double(), layout, count)
+        beta_sums = per_example_channel_sums(delta, layout, count)
         scores[prefix + "bias"] += 0.5 * beta * (a * beta_sums).sum(0).view(beta.shape)

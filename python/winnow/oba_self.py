@@ -58,14 +58,14 @@ class _Capture:
     def __enter__(self):
         for s in self.found:
             first, last = s.modules[0][1], s.modules[-1][1]
-            self.handles.append(first.register_forward_hook(self._input_hook(s)))
+            self.handles.append(first.register_forward_hook(self._input_hook(s), with_kwargs=True))
             self.handles.append(last.register_forward_hook(self._output_hook(s)))
         return self
 
     def _input_hook(self, s):
-        def hook(mod, args, out):
+        def hook(mod, args, kwargs, out):  # the whole call: e.g. a transposed conv's output_size
             self.calls[s.name] = self.calls.get(s.name, 0) + 1
-            self.inputs[s.name] = args[0].detach()
+            self.inputs[s.name] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), kwargs)
         return hook
 
     def _output_hook(self, s):
@@ -91,9 +91,9 @@ def self_scores(model: nn.Module, loss_fn: Callable, batch, found: list[Structur
     names = [n for s in found for n in s.owners]
     params = [named[n] for n in names]
     scores = {}
-    with _with_grad(params), torch.enable_grad(), _twice_differentiable(), _Capture(
-            [s for s in found if s.modules]) as seen:
-        loss = _scalar_loss(loss_fn(model, batch))
+    with _with_grad(params), torch.enable_grad(), _twice_differentiable(model):
+        with _Capture([s for s in found if s.modules]) as seen:  # the forward only: not the local re-runs
+            loss = _scalar_loss(loss_fn(model, batch))
         local = [s for s in found if s.modules and seen.calls.get(s.name) == 1 and s.name in seen.outputs
                  and seen.outputs[s.name].requires_grad]
         outputs = [seen.outputs[s.name] for s in local]
@@ -121,30 +121,31 @@ def _channel_masks(ids: torch.Tensor, like: torch.Tensor, layout: int) -> torch.
     return channel.unsqueeze(0) == ids.view(-1, *([1] * like.dim()))
 
 
-def _local_output(s: Structures, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The structure's modules re-run on their captured input with its parameters as `leaves`
-    (buffers copied: a BatchNorm in train mode updates copies, not the model's statistics)."""
-    out = x
+def _local_output(s: Structures, call: tuple, leaves: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The structure's modules re-run on their captured call (args, kwargs) with its parameters
+    as `leaves` (buffers copied: a BatchNorm in train mode updates copies, not the model's
+    statistics)."""
+    out = None
     for mname, module, _ in s.modules:
         prefix = f"{mname}." if mname else ""
         replaced = {k[len(prefix):]: v for k, v in leaves.items() if k.startswith(prefix) and
                     "." not in k[len(prefix):]}
         replaced.update({k: b.clone() for k, b in module.named_buffers(recurse=False)})
-        out = functional_call(module, replaced, (out,))
+        out = functional_call(module, replaced, *call) if out is None else functional_call(module, replaced, (out,))
     return out
 
 
-def _output_space_scores(s: Structures, named, x, o, g_o, max_elements) -> dict[str, torch.Tensor]:
+def _output_space_scores(s: Structures, named, call, o, g_o, max_elements) -> dict[str, torch.Tensor]:
     names = list(s.owners)
     leaves = {n: named[n].detach().requires_grad_(True) for n in names}
     thetas = [named[n].detach() for n in names]
     layout = s.modules[-1][2]
     linear = len(s.modules) == 1  # Linear / Conv / a norm alone: o is linear in theta_S, t = o
     if linear:
-        o_local = _local_output(s, x, leaves)
+        o_local = _local_output(s, call, leaves)
         t = o_local
     else:  # t = J theta_S by the double-vjp trick (second order at most: BatchNorm has no third)
-        o_local = _local_output(s, x, leaves)
+        o_local = _local_output(s, call, leaves)
         u = torch.zeros_like(o_local, requires_grad=True)
         jt_u = torch.autograd.grad(o_local, list(leaves.values()), grad_outputs=u, create_graph=True)
         t = torch.autograd.grad(sum((a * v).sum() for a, v in zip(jt_u, thetas)), u, retain_graph=True)[0]
