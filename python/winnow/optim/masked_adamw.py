@@ -6,6 +6,7 @@ from torch import Tensor
 
 from winnow import ops
 from winnow.dtypes import stat_dtype
+from winnow.optim import shards
 
 STATE_POLICIES = ("keep", "drop", "offload")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -26,6 +27,14 @@ class MaskedAdamW(torch.optim.Optimizer):
     device and resumed on reactivation), "drop" (freed; a reactivated block starts afresh) or
     "offload" (moved to CPU memory, brought back on reactivation). A parameter whose grad is None
     is skipped entirely. Works with torch.amp.GradScaler (grad_scale / found_inf, no host sync).
+
+    FSDP2 (DTensor parameters sharded along dim 0): the step runs on each rank's local shard,
+    nothing is gathered. Masks and block indices always refer to the full parameter's blocks; a
+    rank keeps the blocks its shard touches (a block straddling two shards is updated by both,
+    each its own part), so `active_blocks` / `block_mask` report this rank's active blocks and
+    `state_bytes()` its share. `state_dict()` gives such a parameter's state as DTensors sharded
+    like it (dense: zeros where a block has no state), so torch.distributed.checkpoint saves and
+    loads it like torch's own optimizers' state.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class MaskedAdamW(torch.optim.Optimizer):
             raise ValueError(f"state_policy must be one of {STATE_POLICIES}, got {state_policy!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad),
                         maximize=bool(maximize), block_size=block_size, state_policy=state_policy)
+        self._segments = {}  # sharded param -> its kernel segments' block lists, per active set
         super().__init__(params, defaults)
         self._step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf
 
@@ -77,6 +87,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 raise TypeError(f"MaskedAdamW needs floating-point parameters, got {p.dtype}")
             if not p.is_contiguous():
                 raise ValueError("MaskedAdamW needs contiguous parameters (they are updated in place)")
+            shards.local_span(p)  # a DTensor placed in a way the step cannot address raises here
         if "block_size" in param_group:
             self._check_block_size(param_group["block_size"])
         if param_group.get("state_policy", "keep") not in STATE_POLICIES:
@@ -106,13 +117,29 @@ class MaskedAdamW(torch.optim.Optimizer):
         state = self.state[param]
         if "active_blocks" not in state:
             group = self._group_of(param)
-            bs, nb = self.block_size_of(param), self.num_blocks(param) if all_active else 0
+            bs = self.block_size_of(param)
+            first, end = self._own_blocks(param)
+            if not all_active:
+                end = first
+            nb = end - first
             state["block_size"] = bs
-            state["active_blocks"] = torch.arange(nb, dtype=torch.int64, device=param.device)
+            state["active_blocks"] = torch.arange(first, end, dtype=torch.int64, device=param.device)
             state["block_step"] = torch.zeros(nb, dtype=torch.int32, device=param.device)
             for key in self._keys(group):
                 state[key] = torch.zeros(nb * bs, dtype=stat_dtype(param.dtype), device=param.device)
         return state
+
+    def _own_blocks(self, param: Tensor) -> tuple[int, int]:
+        """[first, end) of the blocks this rank holds: all of them, or those a shard touches."""
+        return shards.local_span(param).blocks(self.block_size_of(param)) if shards.is_sharded(param) \
+            else (0, self.num_blocks(param))
+
+    def _mine(self, param: Tensor, blocks: Tensor) -> Tensor:
+        """The blocks (full-parameter indices) this rank holds."""
+        if not shards.is_sharded(param):
+            return blocks
+        first, end = self._own_blocks(param)
+        return blocks[(blocks >= first) & (blocks < end)]
 
     @staticmethod
     def _keys(group: dict) -> tuple[str, ...]:
@@ -147,14 +174,14 @@ class MaskedAdamW(torch.optim.Optimizer):
         """Make exactly the blocks of `block_mask` (bool per block, or indices) active."""
         if isinstance(block_mask, Tensor) and block_mask.dtype == torch.bool and block_mask.device != param.device:
             raise ValueError(f"block_mask is on {block_mask.device} but the parameter is on {param.device}")
-        self._rebuild(param, self._as_blocks(param, block_mask))
+        self._rebuild(param, self._mine(param, self._as_blocks(param, block_mask)))
 
     def activate(self, param: Tensor, blocks=None) -> None:
         """Add blocks (indices or bool mask; None = all) to the active set."""
         if blocks is None:
-            new = torch.arange(self.num_blocks(param), dtype=torch.int64, device=param.device)
+            new = torch.arange(*self._own_blocks(param), dtype=torch.int64, device=param.device)
         else:
-            added = self._as_blocks(param, blocks)  # validate before any state exists
+            added = self._mine(param, self._as_blocks(param, blocks))  # validate before any state exists
             new = torch.cat([self._state(param)["active_blocks"], added])
         self._rebuild(param, torch.unique(new))
 
@@ -172,6 +199,10 @@ class MaskedAdamW(torch.optim.Optimizer):
         """Activate blocks known to be inactive and never trained (ID3's growing masks): their state
         starts at zero, so it is appended without re-laying the existing state."""
         state, group = self._state(param, all_active=False), self._group_of(param)
+        blocks = self._mine(param, blocks)
+        if shards.is_sharded(param):  # the step wants a shard's blocks in order (its partial first block first)
+            self._rebuild(param, torch.unique(torch.cat([state["active_blocks"], blocks.to(torch.int64)])))
+            return
         bs, n = state["block_size"], blocks.numel()
         state["active_blocks"] = torch.cat([state["active_blocks"], blocks.to(torch.int64)])
         state["block_step"] = torch.cat([state["block_step"], state["block_step"].new_zeros(n)])
@@ -258,22 +289,54 @@ class MaskedAdamW(torch.optim.Optimizer):
             beta1, beta2 = group["betas"]
             lr = float(group["lr"])
             for device, params in by_device.items():
-                states = [self.state[p] for p in params]
+                views = [v for p in params for v in self._kernel_views(p, group["amsgrad"])]
+                if not views:
+                    continue
+                columns = list(zip(*views))
                 ops.masked_adamw_step(
-                    params,
-                    [p.grad for p in params],
-                    [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states],
-                    [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-                    [s["active_blocks"] for s in states],
-                    [s["block_step"] for s in states],
-                    [s["block_size"] for s in states],
+                    *columns[:4],
+                    columns[4] if group["amsgrad"] else [],
+                    *columns[5:],
                     lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                     amsgrad=group["amsgrad"], maximize=group["maximize"],
                     grad_scale=None if grad_scale is None else grad_scale.to(device, torch.float32).view(1),
                     found_inf=None if found_inf is None else found_inf.to(device, torch.float32).view(1),
                 )
         return loss
+
+    def _kernel_views(self, p: Tensor, amsgrad: bool) -> list[tuple]:
+        """(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, active blocks, block steps, block size)
+        of what the fused step updates. A plain parameter is one entry. A shard is the run of
+        blocks that starts at a block boundary, and before it, when the shard starts inside a
+        block held by the previous rank, that block's part (one block of `head` elements: its
+        state row's last `head` slots); block indices become the segment's own."""
+        state = self.state[p]
+        keys = self._keys({"amsgrad": amsgrad})
+        moments = [state[k] for k in keys] + ([None] if not amsgrad else [])
+        if not shards.is_sharded(p):
+            return [(p, p.grad, *moments, state["active_blocks"], state["block_step"], state["block_size"])]
+        bs, blocks = state["block_size"], state["active_blocks"]
+        span = shards.local_span(p)
+        first, _ = span.blocks(bs)
+        head = span.head(bs)
+        cached = self._segments.get(p)
+        if cached is None or cached[0] is not blocks:  # recomputed when the active set changes only
+            head_active = head > 0 and blocks.numel() > 0 and int(blocks[0]) == first
+            body = blocks[1:] if head_active else blocks
+            cached = (blocks, head_active, (body - (first + (head > 0))).contiguous(),
+                      torch.zeros(1, dtype=torch.int64, device=blocks.device))
+            self._segments[p] = cached
+        _, head_active, body_blocks, zero = cached
+        param, grad = shards.local_flat(p), shards.local_flat(p.grad)
+        views = []
+        if head_active:
+            views.append((param[:head], grad[:head], *[None if m is None else m[bs - head:bs] for m in moments],
+                          zero, state["block_step"][:1], head))
+        k = 1 if head_active else 0
+        if body_blocks.numel():
+            views.append((param[head:], grad[head:], *[None if m is None else m[k * bs:] for m in moments],
+                          body_blocks, state["block_step"][k:], bs))
+        return views
 
     # ---- memory and checkpoints ----
 
@@ -286,6 +349,38 @@ class MaskedAdamW(torch.optim.Optimizer):
                 if isinstance(v, Tensor) and (include_offloaded or v.device == p.device):
                     total += v.numel() * v.element_size()
         return total
+
+    def state_dict(self) -> dict:
+        """torch.optim.Optimizer's layout. A plain parameter's state is the compact state itself;
+        a sharded parameter's is DTensors placed like the parameter, one value per element:
+        exp_avg / exp_avg_sq (/ max_exp_avg_sq), element_step (int32, its block's step count, 0
+        where the block has no state) and element_active (int8), so that each rank's part is
+        saved by torch.distributed.checkpoint and any sharding can load it."""
+        packed = super().state_dict()
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if shards.is_sharded(p) and index in packed["state"]:
+                    packed["state"][index] = self._sharded_state_dict(p, group)
+                index += 1
+        return packed
+
+    def _sharded_state_dict(self, p: Tensor, group: dict) -> dict:
+        state, keys = self.state[p], self._keys(group)
+        sources = [(state["active_blocks"], {k: state[k] for k in keys}, state["block_step"], True)]
+        if "parked_blocks" in state:
+            sources.append((state["parked_blocks"], {k: state["parked_" + k] for k in keys},
+                            state["parked_block_step"], False))
+        span = shards.local_span(p)
+        dense, step, active = shards.to_dense(span, state["block_size"], sources, like=shards.local_flat(p))
+        out = {"block_size": state["block_size"]}
+        for k in keys:
+            values = dense.get(k)
+            if values is None:
+                values = torch.zeros(span.numel, dtype=stat_dtype(p.dtype), device=p.device)
+            out[k] = shards.as_dtensor(values, p)
+        out["element_step"], out["element_active"] = shards.as_dtensor(step, p), shards.as_dtensor(active, p)
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Like torch.optim.Optimizer.load_state_dict, but state tensors keep their dtypes (torch's
@@ -309,9 +404,11 @@ class MaskedAdamW(torch.optim.Optimizer):
             if pid not in id_to_param:
                 raise ValueError(f"state_dict has state for unknown parameter id {pid}")
             p, sg = id_to_param[pid]
-            new_state[p] = self._validated_state(p, sg, saved, pid)
+            load = self._sharded_loaded_state if shards.is_sharded(p) else self._validated_state
+            new_state[p] = load(p, sg, saved, pid)
         super().load_state_dict({"state": {}, "param_groups": saved_groups})
         self.state.clear()
+        self._segments.clear()
         for p, s in new_state.items():
             self.state[p] = s
 
@@ -345,4 +442,33 @@ class MaskedAdamW(torch.optim.Optimizer):
                 out[prefix + k] = t.to(device=home[prefix + k], dtype=stat_dtype(p.dtype)).contiguous()
             out[blocks_key] = saved[blocks_key].to(device=home[blocks_key], dtype=torch.int64).contiguous()
             out[step_key] = saved[step_key].to(device=home[step_key], dtype=torch.int32).contiguous()
+        return out
+
+    def _sharded_loaded_state(self, p: Tensor, group: dict, saved: dict, pid) -> dict:
+        """The compact state of this rank's blocks from the dense DTensors of `state_dict()`."""
+        bs_setting = group.get("block_size", 64)
+        bs = max(1, p.numel()) if bs_setting == "tensor" else bs_setting
+        if saved.get("block_size") != bs:
+            raise ValueError(f"state of parameter {pid}: block_size {saved.get('block_size')} does not match {bs}")
+        keys = _STATE_KEYS if group.get("amsgrad") else _STATE_KEYS[:2]
+        span = shards.local_span(p)
+        local = {}
+        for k in (*keys, "element_step", "element_active"):
+            t = saved.get(k)
+            if not shards.is_sharded(t):
+                raise ValueError(f"state of parameter {pid}: {k} must be a DTensor placed like the parameter "
+                                 "(the state_dict of a sharded MaskedAdamW)")
+            flat = shards.local_flat(t)
+            if flat.numel() != span.numel or t.shape != p.shape:
+                raise ValueError(f"state of parameter {pid}: {k} is {tuple(t.shape)} with {flat.numel()} local "
+                                 f"elements; the parameter is {tuple(p.shape)} with {span.numel}")
+            local[k] = flat.to(p.device)
+        dense = {k: local[k].to(stat_dtype(p.dtype)) for k in keys}
+        (blocks, rows, steps), (parked, parked_rows, parked_steps) = shards.to_compact(
+            span, bs, dense, local["element_step"], local["element_active"])
+        out = {"block_size": bs, "active_blocks": blocks, "block_step": steps, **rows}
+        if group.get("state_policy") != "drop" and parked.numel():
+            home = torch.device("cpu") if group.get("state_policy") == "offload" else p.device
+            out["parked_blocks"], out["parked_block_step"] = parked.to(home), parked_steps.to(home)
+            out.update({"parked_" + k: v.to(home) for k, v in parked_rows.items()})
         return out
