@@ -48,13 +48,31 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _build(world):
+def _gathered(mask_local, p):
+    """The full-parameter view of a per-element local tensor (test side: a collective is fine here)."""
+    if not hasattr(p, "full_tensor"):
+        return mask_local.clone()
+    from winnow.optim import shards
+
+    return shards.as_dtensor(mask_local.reshape(-1).to(torch.int8), p).full_tensor().bool()
+
+
+def _build(algo, world):
+    """(model, optimizer, decisions()) for one algorithm."""
     torch.manual_seed(0)
     model = _mesh_and_shard(OddNet().double(), world)
-    opt = MaskedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1, block_size=6)
-    for i, p in enumerate(model.parameters()):  # a fixed, irregular set of active blocks
-        opt.set_mask(p, torch.arange(opt.num_blocks(p)) % (i + 2) != 0)
-    return model, opt
+    if algo == "masked_adamw":
+        opt = MaskedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1, block_size=6)
+        for i, p in enumerate(model.parameters()):  # a fixed, irregular set of active blocks
+            opt.set_mask(p, torch.arange(opt.num_blocks(p)) % (i + 2) != 0)
+        return model, opt, lambda: {n: opt.block_mask(p).clone() for n, p in model.named_parameters()}
+    if algo == "id3":
+        from winnow.id3 import ID3
+
+        opt = ID3(list(model.named_parameters()), budget=100, total_steps=STEPS, lr=1e-2, weight_decay=0.1)
+        return model, opt, lambda: {n: _gathered(m, p) for (n, p), m in zip(model.named_parameters(),
+                                                                             opt.masks().values())}
+    raise ValueError(algo)
 
 
 def _train(model, opt, rank, world, steps):
@@ -71,13 +89,13 @@ def _train(model, opt, rank, world, steps):
     return collectives
 
 
-def masked_adamw_run(rank, world, checkpoint_dir=None, resume=False):
+def run(rank, world, algo, checkpoint_dir=None, resume=False, sparse_file=None):
     """Trains STEPS steps; with checkpoint_dir, stops after SPLIT and saves (resume=False) or loads
     and trains the rest (resume=True)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model, opt = _build(world)
+    model, opt, decisions = _build(algo, world)
     steps = range(STEPS)
     if checkpoint_dir is not None and not resume:
         steps = range(SPLIT)
@@ -91,34 +109,67 @@ def masked_adamw_run(rank, world, checkpoint_dir=None, resume=False):
     if checkpoint_dir is not None and not resume:
         model_sd, optim_sd = get_state_dict(model, opt)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=checkpoint_dir)
+    if sparse_file is not None and hasattr(opt, "save_sparse"):
+        opt.save_sparse(sparse_file)
     return {"params": {n: _full(p).detach().clone() for n, p in model.named_parameters()},
-            "masks": {n: opt.block_mask(p).clone() for n, p in model.named_parameters()},
-            "state_bytes": opt.state_bytes(), "collectives": collectives}
+            "decisions": decisions(), "state_bytes": opt.state_bytes(), "collectives": collectives}
+
+
+def scenario(rank, world, algo, folder):
+    """On each rank: an uninterrupted run; then a run that stops at SPLIT and saves a DCP
+    checkpoint, and, on a fresh process group, one that loads it and trains the rest."""
+    import torch.distributed as dist
+
+    whole = run(rank, world, algo, sparse_file=f"{folder}/sharded.safetensors")
+    run(rank, world, algo, checkpoint_dir=f"{folder}/ckpt")
+    dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{folder}/fresh_group", rank=rank, world_size=world)
+    return whole, run(rank, world, algo, checkpoint_dir=f"{folder}/ckpt", resume=True)
+
+
+def _run_scenario(tmp_path, algo):
+    """(each rank's uninterrupted result, one process's); the resumed runs checked equal here."""
+    (tmp_path / "out").mkdir()
+    results = run_ranks(scenario, tmp_path / "out", algo, str(tmp_path), world=WORLD)
+    for whole, resumed in results:
+        for n, p in whole["params"].items():
+            torch.testing.assert_close(resumed["params"][n], p, rtol=0, atol=0)
+        for n, d in whole["decisions"].items():
+            assert torch.equal(resumed["decisions"][n], d)
+    return [whole for whole, _ in results], run(0, 1, algo, sparse_file=str(tmp_path / "single.safetensors"))
+
+
+def _equals_one_process(ranks, single):
+    for r in ranks:
+        for n, p in single["params"].items():
+            torch.testing.assert_close(r["params"][n], p, rtol=1e-9, atol=1e-12)
+    torch.manual_seed(0)
+    init = {n: p.detach() for n, p in OddNet().double().named_parameters()}
+    assert any(not torch.equal(single["params"][n], init[n]) for n in init), "training changed nothing"
 
 
 def test_masked_adamw_on_shards_equals_one_process_and_resumes_through_dcp(tmp_path):
-    for d in ("plain", "first", "second"):
-        (tmp_path / d).mkdir()
-    ranks = run_ranks(masked_adamw_run, tmp_path / "plain", world=WORLD)
-    single = masked_adamw_run(0, 1)
+    ranks, single = _run_scenario(tmp_path, "masked_adamw")
+    _equals_one_process(ranks, single)
     for r in ranks:
         assert r["collectives"] == 0  # the step reads and writes local shards only
-        for n, p in single["params"].items():
-            torch.testing.assert_close(r["params"][n], p, rtol=1e-9, atol=1e-12)
-    for n, mask in single["masks"].items():  # each rank holds the blocks its shard touches
-        union = ranks[0]["masks"][n] | ranks[1]["masks"][n]
-        assert torch.equal(union, mask)
-    assert not torch.equal(ranks[0]["masks"]["q.weight"], single["masks"]["q.weight"])  # not the other's
+    for n, mask in single["decisions"].items():  # each rank holds the blocks its shard touches
+        assert torch.equal(ranks[0]["decisions"][n] | ranks[1]["decisions"][n], mask)
+    assert not torch.equal(ranks[0]["decisions"]["q.weight"], single["decisions"]["q.weight"])  # not the other's
     assert sum(r["state_bytes"] for r in ranks) < 1.3 * single["state_bytes"]  # each rank its share
-    torch.manual_seed(0)
-    init = {n: p.detach() for n, p in OddNet().double().named_parameters()}
-    for n in init:  # every parameter with an active block trained, the others did not move
-        assert torch.equal(single["params"][n], init[n]) != bool(single["masks"][n].any()), n
 
-    run_ranks(masked_adamw_run, tmp_path / "first", str(tmp_path / "ckpt"), world=WORLD)
-    resumed = run_ranks(masked_adamw_run, tmp_path / "second", str(tmp_path / "ckpt"), True, world=WORLD)
-    for r, uninterrupted in zip(resumed, ranks):
-        for n, p in uninterrupted["params"].items():
-            torch.testing.assert_close(r["params"][n], p, rtol=0, atol=0)
-        for n, m in uninterrupted["masks"].items():
-            assert torch.equal(r["masks"][n], m)
+
+def test_id3_on_shards_unmasks_what_one_process_does_and_saves_its_file(tmp_path):
+    from safetensors import safe_open
+
+    ranks, single = _run_scenario(tmp_path, "id3")
+    _equals_one_process(ranks, single)
+    for r in ranks:
+        assert r["collectives"] == STEPS  # one all-gather of candidates a step, nothing else
+        for n, m in single["decisions"].items():  # the same unmasked set on every rank and in one process
+            assert torch.equal(r["decisions"][n], m)
+    assert sum(int(m.sum()) for m in single["decisions"].values()) == 100
+    with safe_open(tmp_path / "sharded.safetensors", "pt") as a, safe_open(tmp_path / "single.safetensors", "pt") as b:
+        assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
+        for k in a.keys():
+            torch.testing.assert_close(a.get_tensor(k), b.get_tensor(k), rtol=1e-9, atol=1e-12)

@@ -7,7 +7,9 @@ from torch import Tensor, nn
 
 from winnow import ops
 from winnow.dtypes import stat_dtype
+from winnow.optim import shards
 from winnow.optim.masked_adamw import MaskedAdamW
+from winnow.sharded_topk import sharded_topk
 
 
 def _named(params) -> list[tuple[str, Tensor]]:
@@ -23,15 +25,62 @@ def _named(params) -> list[tuple[str, Tensor]]:
     return [(f"params.{i}", p) for i, p in enumerate(items)]
 
 
+def _sample_positions(numel: int) -> Tensor:
+    """The flat positions of a parameter that its fingerprint samples: a stride, at most 4096."""
+    return torch.arange(0, numel, max(1, numel // 4096))[:4096]
+
+
 def fingerprint(named: Iterable[tuple[str, Tensor]]) -> str:
-    """A hash of the base weights' names, shapes, dtypes and a strided sample of their values."""
+    """A hash of the base weights' names, shapes, dtypes and a strided sample of their values.
+    FSDP2 shards (DTensors): every rank contributes the sampled values it holds (one small
+    all-gather of the samples, not of the weights) and all get the unsharded run's hash."""
+    named = list(named)
+    samples = []
+    for _, p in named:
+        positions = _sample_positions(p.numel())
+        span = shards.local_span(p)
+        mine = positions[(positions >= span.start) & (positions < span.start + span.numel)]
+        values = shards.local_flat(p.detach())[(mine - span.start).to(p.device)].to(torch.float64).cpu()
+        samples.append((mine, values))
+    if any(shards.is_sharded(p) for _, p in named):
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, samples)
+        samples = [_merge_samples([rank[i] for rank in everyone]) for i in range(len(named))]
     h = hashlib.sha256()
-    for name, p in named:
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.float64).cpu()
+    for (name, p), (_, values) in zip(named, samples):
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
-        h.update(sample.numpy().tobytes())
+        h.update(values.numpy().tobytes())
     return h.hexdigest()
+
+
+def _merge_samples(parts):
+    """(positions, values) of every rank -> one value per position, by position (replicas agree)."""
+    positions = torch.cat([a for a, _ in parts])
+    values = torch.cat([b for _, b in parts])
+    unique, first = _first_of_each(positions)
+    return unique, values[first]
+
+
+def _first_of_each(index: Tensor) -> tuple[Tensor, Tensor]:
+    """(sorted unique values of `index`, the position of each one's first occurrence)."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    first = torch.full((unique.numel(),), index.numel(), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse.cpu(), torch.arange(index.numel()), reduce="amin")
+    return unique, first
+
+
+def _check_block_aligned(named, spans, block_size: int) -> None:
+    """Under FSDP2 with blocks: every shard starts and ends on a block boundary (a unit's score is
+    a sum over its elements, which one rank must hold). Checked on every rank together, so that
+    all raise rather than some waiting in the first step's all-gather."""
+    bad = [n for (n, p), span in zip(named, spans) if span.numel and
+           (span.start % block_size or ((span.start + span.numel) % block_size and span.start + span.numel < p.numel()))]
+    flag = torch.tensor([len(bad)], dtype=torch.int64)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if int(flag):
+        raise ValueError(f"block_size={block_size}: under FSDP2 each shard of an ID3 parameter must start on a "
+                         f"block boundary (this rank: {bad[:3] or 'fine, another rank is not'}); use block_size=1 "
+                         "or a block size that divides the rows each rank holds times the row length")
 
 
 class ID3(MaskedAdamW):
@@ -48,6 +97,13 @@ class ID3(MaskedAdamW):
     `params`: a model, (name, parameter) pairs, or parameters (named params.<i>). The Adam epsilon
     is `adam_eps`; `eps` and `exponent` are ID3's (`exp=`, the authors' toolkit's name, is
     accepted for `exponent`).
+
+    FSDP2 (every parameter a DTensor shard along dim 0): each rank scores its own shard, picks
+    its local top-u candidates, and one all-gather of (score, global index) rows per step gives
+    every rank the same global top-u as one process (same tie rule); each rank unmasks its own.
+    With block_size > 1 every shard must start on a block boundary. `masks()` is then this
+    rank's part, `state_dict()` DCP-ready (per-parameter DTensors), `save_sparse` a collective
+    that rank 0 writes: the unsharded run's file.
     """
 
     def __init__(self, params, budget: int, total_steps: int, eps: float = 1e-8, exponent: float = 1.0,
@@ -63,6 +119,14 @@ class ID3(MaskedAdamW):
             raise ValueError("ID3 selects one global top-u: all parameters must be on one device")
         if not (isinstance(block_size, int) and not isinstance(block_size, bool) and block_size >= 1):
             raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+        sharded = [shards.is_sharded(p) for _, p in named]
+        if any(sharded) and not all(sharded):
+            raise ValueError("params: under FSDP2 every parameter ID3 trains must be a DTensor shard, or none "
+                             f"(plain: {[n for (n, _), s in zip(named, sharded) if not s][:3]})")
+        self._sharded = all(sharded)
+        self._spans = [shards.local_span(p) for _, p in named]
+        if self._sharded:
+            _check_block_aligned(named, self._spans, block_size)
         units = sum((p.numel() + block_size - 1) // block_size for _, p in named)
         if not (isinstance(budget, int) and 0 < budget <= units):
             raise ValueError(f"budget must be an int in [1, {units}] (units of {block_size} parameter(s)), got {budget!r}")
@@ -81,30 +145,40 @@ class ID3(MaskedAdamW):
         self._params = [p for _, p in named]
         for p in self._params:
             self.set_mask(p, torch.zeros(0, dtype=torch.int64, device=p.device))  # nothing trains yet
-        # Workspace (not optimizer state): a unit mask and a score buffer per parameter.
-        self._unmasked = [torch.zeros(self.num_blocks(p), dtype=torch.bool, device=p.device) for p in self._params]
-        self._scores = [torch.zeros(p.shape, dtype=stat_dtype(p.dtype),
+        # Workspace (not optimizer state): a unit mask and a score buffer per parameter (its local shard).
+        self._offsets = [span.start // block_size for span in self._spans]  # first local unit, in the whole
+        self._units = [(span.numel + block_size - 1) // block_size for span in self._spans]  # local units
+        self._unmasked = [torch.zeros(n, dtype=torch.bool, device=p.device) for n, p in zip(self._units, self._params)]
+        self._scores = [torch.zeros(self._local(p).shape, dtype=stat_dtype(p.dtype),
                                     device=p.device) for p in self._params]
         self._nonfinite = torch.zeros(len(self._params), dtype=torch.int64, device=self._params[0].device)
-        self._initial = [[] for _ in self._params]  # (unit indices, their values before training) per step
-        self._units = [self.num_blocks(p) for p in self._params]
-        self._count = [0] * len(self._params)  # unmasked units per parameter, kept on the host
+        # (element indices in the whole parameter, their values before training), one entry per unmasking step
+        self._initial = [[] for _ in self._params]
+        self._initial_steps = [[] for _ in self._params]  # the step of each entry of _initial
+        self._count = [0] * len(self._params)  # unmasked units per parameter (this rank's), on the host
+        self._global_count = [0] * len(self._params)  # unmasked units per parameter, all ranks
+
+    @staticmethod
+    def _local(p: Tensor) -> Tensor:
+        return p.to_local() if shards.is_sharded(p) else p
 
     def unmask_count_at(self, step: int) -> int:
         base, extra = divmod(self.budget, self.total_steps)
         return base + (1 if step < extra else 0)
 
     def unmasked_count(self) -> int:
-        return sum(self._count)
+        """Unmasked units over the whole model (all ranks)."""
+        return sum(self._global_count)
 
     def masks(self) -> dict[Tensor, Tensor]:
-        """{parameter: bool tensor of its shape, True where unmasked}."""
+        """{parameter: bool tensor of its shape (of its local shard under FSDP2), True where unmasked}."""
         out = {}
         for p, m in zip(self._params, self._unmasked):
+            shape = self._local(p).shape
             if self.id3_block_size == 1:
-                out[p] = m.view(p.shape).clone()
+                out[p] = m.view(shape).clone()
             else:
-                out[p] = m.repeat_interleave(self.id3_block_size)[: p.numel()].view(p.shape)
+                out[p] = m.repeat_interleave(self.id3_block_size)[: shape.numel()].view(shape)
         return out
 
     def workspace_bytes(self) -> int:
@@ -120,10 +194,11 @@ class ID3(MaskedAdamW):
         bs = self.id3_block_size
         device = self._params[0].device
         cnt = torch.zeros(len(idx), dtype=torch.int64, device=device)
+        local = [self._local(self._params[i].detach()) for i in idx]
         ops.importance_update_id3(
-            [self._params[i].detach() for i in idx], [self._params[i].grad for i in idx],
+            local, [self._local(self._params[i].grad) for i in idx],
             [self._scores[i] for i in idx],
-            [self._unmasked[i].view(self._params[i].shape) for i in idx] if bs == 1 else None,
+            [self._unmasked[i].view(local[j].shape) for j, i in enumerate(idx)] if bs == 1 else None,
             eps=self.id3_eps, exponent=self.id3_exponent, beta=0.0, nonfinite=cnt,
         )
         self._nonfinite[torch.tensor(idx, device=device)] += cnt
@@ -133,13 +208,21 @@ class ID3(MaskedAdamW):
             unit_scores = []
             for i in idx:
                 s = self._scores[i].view(-1)
-                pad = self.num_blocks(self._params[i]) * bs - s.numel()
+                pad = self._units[i] * bs - s.numel()
                 unit_scores.append(torch.nn.functional.pad(s, (0, pad)).view(-1, bs).sum(1))
-        masked = sum(self._units[i] - self._count[i] for i in idx)  # host-side counts: no sync
+        # host-side counts: no sync
+        masked = sum(self.num_blocks(self._params[i]) - self._global_count[i] for i in idx)
         k = min(self.unmask_count_at(self.id3_step), masked)
+        unmasked = [self._unmasked[i] for i in idx]
+        if self._sharded:
+            chosen, counts = sharded_topk(unit_scores, unmasked, [self._offsets[i] for i in idx], k)
+        else:
+            chosen = ops.masked_topk(unit_scores, unmasked, k)
+            counts = [c.numel() for c in chosen]
         out = none
-        for i, c in zip(idx, ops.masked_topk(unit_scores, [self._unmasked[i] for i in idx], k)):
+        for i, c, n in zip(idx, chosen, counts):
             out[i] = c
+            self._global_count[i] += n
         return out
 
     @torch.no_grad()
@@ -155,21 +238,45 @@ class ID3(MaskedAdamW):
                 continue
             new = new.to(p.device)
             bs = self.id3_block_size
+            flat = shards.local_flat(p.detach())
             elems = (new[:, None] * bs + torch.arange(bs, device=p.device)).view(-1)
-            elems = elems[elems < p.numel()]
+            elems = elems[elems < flat.numel()]
             # kept on the device: a .cpu() here would sync every step; save_sparse moves them once
-            self._initial[i].append((elems, p.detach().view(-1)[elems].clone()))
+            self._initial[i].append((elems + self._spans[i].start, flat[elems].clone()))
+            self._initial_steps[i].append(self.id3_step)
             self._unmasked[i][new] = True
             self._count[i] += new.numel()
-            self._append_fresh(p, new)  # masked units never trained: fresh state, appended
+            # masked units never trained: fresh state, appended (MaskedAdamW counts blocks in the whole)
+            self._append_fresh(p, new + self._offsets[i])
         super().step()
         self.id3_step += 1
         return loss
 
     # ---- checkpoints and export ----
 
+    def _globals(self) -> dict:
+        return {"step": self.id3_step, "budget": self.budget, "total_steps": self.total_steps,
+                "block_size": self.id3_block_size, "fingerprint": self.base_fingerprint,
+                "unmasked_per_param": list(self._global_count)}
+
     def state_dict(self) -> dict:
+        """MaskedAdamW's, plus ID3's own: a top-level "id3" section; under FSDP2, which carries
+        only "state" and "param_groups" through torch.distributed.checkpoint, ID3's scalars in
+        the first param group and per parameter two DTensors placed like it: id3_initial (each
+        unmasked element's value before training, the current value elsewhere) and
+        id3_unmask_step (int32: the step that unmasked the element, -1 masked)."""
         sd = super().state_dict()
+        if self._sharded:
+            sd["param_groups"][0]["id3"] = self._globals()
+            for index, (p, lst) in enumerate(zip(self._params, self._initial)):
+                flat = shards.local_flat(p.detach())
+                initial, order = flat.clone(), torch.full((flat.numel(),), -1, dtype=torch.int32, device=p.device)
+                for step, (elems, values) in zip(self._initial_steps[index], lst):
+                    initial[elems - self._spans[index].start] = values
+                    order[elems - self._spans[index].start] = step
+                sd["state"][index]["id3_initial"] = shards.as_dtensor(initial, p)
+                sd["state"][index]["id3_unmask_step"] = shards.as_dtensor(order, p)
+            return sd
         sd["id3"] = {
             "step": self.id3_step, "budget": self.budget, "total_steps": self.total_steps,
             "block_size": self.id3_block_size, "unmasked": [m.clone() for m in self._unmasked],
@@ -179,6 +286,9 @@ class ID3(MaskedAdamW):
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self._sharded:
+            self._load_sharded(state_dict)
+            return
         extra = state_dict.get("id3")
         if extra is None:
             raise ValueError("state_dict has no 'id3' section (not saved by winnow.ID3)")
@@ -193,24 +303,88 @@ class ID3(MaskedAdamW):
         for mine, theirs in zip(self._unmasked, extra["unmasked"]):
             mine.copy_(theirs)
         self._count = [int(m.sum()) for m in self._unmasked]
+        self._global_count = list(self._count)
         self._initial = [[(a.clone(), b.clone()) for a, b in lst] for lst in extra["initial"]]
+        self._initial_steps = [list(range(len(lst))) for lst in self._initial]  # their order is what counts
         self.id3_step = int(extra["step"])
+
+    def _check_globals(self, extra) -> None:
+        if extra is None:
+            raise ValueError("state_dict has no 'id3' entry in its first param group (not saved by a sharded winnow.ID3)")
+        for key in ("budget", "total_steps", "block_size"):
+            mine = {"budget": self.budget, "total_steps": self.total_steps, "block_size": self.id3_block_size}[key]
+            if extra[key] != mine:
+                raise ValueError(f"state_dict was saved with {key}={extra[key]}, this ID3 has {mine}")
+        if len(extra["unmasked_per_param"]) != len(self._params):
+            raise ValueError("state_dict's unmasked counts do not match these parameters")
+
+    def _load_sharded(self, state_dict: dict) -> None:
+        groups = state_dict.get("param_groups") or [{}]
+        extra = groups[0].get("id3")
+        self._check_globals(extra)
+        per_param, own = {}, {}
+        for pid, entry in state_dict["state"].items():
+            own[pid] = {k: v for k, v in entry.items() if k not in ("id3_initial", "id3_unmask_step")}
+            per_param[pid] = entry
+        super().load_state_dict({"state": own, "param_groups": [{k: v for k, v in g.items() if k != "id3"}
+                                                                for g in groups]})
+        pids = [pid for g in groups for pid in g["params"]]
+        bs = self.id3_block_size
+        for i, (p, pid) in enumerate(zip(self._params, pids)):
+            entry = per_param.get(pid, {})
+            if "id3_initial" not in entry or "id3_unmask_step" not in entry:
+                raise ValueError(f"state of parameter {pid}: no id3_initial / id3_unmask_step (not a sharded ID3's)")
+            initial = shards.local_flat(entry["id3_initial"]).to(p.device)
+            order = shards.local_flat(entry["id3_unmask_step"]).to(p.device)
+            if order.numel() != self._spans[i].numel:
+                raise ValueError(f"state of parameter {pid}: saved for a shard of {order.numel()} elements, "
+                                 f"this one holds {self._spans[i].numel}")
+            self._unmasked[i].zero_()
+            self._unmasked[i][torch.nonzero(order >= 0).view(-1) // bs] = True
+            self._count[i] = int(self._unmasked[i].sum())
+            self._initial[i], self._initial_steps[i] = [], []
+            for step in torch.unique(order[order >= 0]).tolist():
+                local = torch.nonzero(order == step).view(-1)
+                self._initial[i].append((local + self._spans[i].start, initial[local]))
+                self._initial_steps[i].append(int(step))
+        self._global_count = [int(c) for c in extra["unmasked_per_param"]]
+        self.id3_step = int(extra["step"])
+
+    def _sparse_entries(self) -> list:
+        """Per parameter, None or (step of each entry, element index in the whole parameter, value
+        before training, value now), on the CPU."""
+        out = []
+        for i, (p, lst) in enumerate(zip(self._params, self._initial)):
+            if not lst:
+                out.append(None)
+                continue
+            idx = torch.cat([a for a, _ in lst])
+            steps = torch.cat([torch.full((a.numel(),), s, dtype=torch.int64) for s, (a, _) in
+                               zip(self._initial_steps[i], lst)])
+            current = shards.local_flat(p.detach())[idx - self._spans[i].start]
+            out.append((steps, idx.cpu(), torch.cat([b for _, b in lst]).cpu(), current.cpu()))
+        return out
 
     @torch.no_grad()
     def save_sparse(self, path: str, absolute: bool = False) -> None:
         """safetensors: per parameter name, `<name>.indices` (flat int64) and `<name>.delta`
         (value - initial value), plus `<name>.values` with absolute=True; the base model's
-        fingerprint is in the metadata."""
+        fingerprint is in the metadata. Under FSDP2 every rank calls it (one gather of the
+        unmasked entries to rank 0) and rank 0 writes the file an unsharded run writes."""
         from safetensors.torch import save_file
 
         tensors = {}
-        for name, p, lst in zip(self.names, self._params, self._initial):
-            if not lst:
+        entries = self._sparse_entries()
+        if self._sharded:  # every rank's (step, index, initial, current) to rank 0, which writes
+            everyone = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
+            torch.distributed.gather_object(entries, everyone, dst=0)
+            if torch.distributed.get_rank() != 0:
+                return
+            entries = [_merge_entries([rank[i] for rank in everyone]) for i in range(len(self._params))]
+        for name, p, entry in zip(self.names, self._params, entries):
+            if entry is None:
                 continue
-            idx = torch.cat([a for a, _ in lst])
-            init = torch.cat([b for _, b in lst]).cpu()
-            current = p.detach().view(-1)[idx].cpu()
-            idx = idx.cpu()
+            _, idx, init, current = entry
             tensors[f"{name}.indices"] = idx.contiguous()
             tensors[f"{name}.delta"] = (current.to(torch.float32) - init.to(torch.float32)).contiguous() \
                 if p.dtype != torch.float64 else (current - init).contiguous()
@@ -218,6 +392,18 @@ class ID3(MaskedAdamW):
                 tensors[f"{name}.values"] = current.contiguous()
         save_file(tensors, path, metadata={"format": "winnow-id3-sparse", "fingerprint": self.base_fingerprint,
                                            "budget": str(self.budget), "block_size": str(self.id3_block_size)})
+
+
+def _merge_entries(parts):
+    """Every rank's (steps, indices, initial, current) of one parameter -> one, ordered like an
+    unsharded run's (by step, then index); replicas' duplicates dropped."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    steps, idx, init, current = (torch.cat([p[k] for p in parts]) for k in range(4))
+    key = steps * (int(idx.max()) + 1) + idx
+    _, first = _first_of_each(key)  # sorted by key: by step, then index
+    return steps[first], idx[first], init[first], current[first]
 
 
 @torch.no_grad()
