@@ -24,15 +24,12 @@ def rank_rows(rows: Tensor) -> Tensor:
     return order[keep]
 
 
-def sharded_topk(scores: list[Tensor], unmasked: list[Tensor], offsets: list[int], k: int,
-                 group=None) -> tuple[list[Tensor], list[int]]:
-    """(per tensor, the sorted local indices of its entries among the global top-k of every
-    rank's still-masked entries; per tensor, how many of the k it got on all ranks). scores[t] is
-    this rank's part of tensor t, whose entry i is entry offsets[t] + i of the whole; every rank
-    calls this with the same k and tensor count."""
-    chosen = ops.masked_topk(scores, unmasked, k)
+def candidate_rows(scores: list[Tensor], unmasked: list[Tensor], offsets: list[int], k: int) -> Tensor:
+    """(k, 3) float64 rows (score, tensor, index in the whole) of this rank's own top-k still-masked
+    entries; rows past them are padding (tensor -1)."""
+    chosen = ops.masked_topk(scores, unmasked, min(k, sum(s.numel() for s in scores)))  # a shard may hold fewer
     device = scores[0].device
-    rows = torch.full((k, 3), -1.0, dtype=torch.float64, device=device)  # tensor -1: padding
+    rows = torch.full((k, 3), -1.0, dtype=torch.float64, device=device)
     at = 0
     for t, idx in enumerate(chosen):
         n = idx.numel()
@@ -42,13 +39,29 @@ def sharded_topk(scores: list[Tensor], unmasked: list[Tensor], offsets: list[int
             rows[at:at + n, 1] = t
             rows[at:at + n, 2] = (idx + offsets[t]).double()
             at += n
+    return rows
+
+
+def winners_of(rows: Tensor, sizes: list[int], offsets: list[int], k: int) -> tuple[list[Tensor], list[int]]:
+    """From every rank's candidate rows: per tensor, the sorted local indices (of a part of
+    `sizes[t]` entries starting at offsets[t]) among the global top-k, and how many of the k each
+    tensor got in all."""
+    rows = rows[rows[:, 1] >= 0]
+    winners = rows[rank_rows(rows)[:k]]
+    out = []
+    for t, size in enumerate(sizes):
+        mine = winners[winners[:, 1] == t, 2].to(torch.int64) - offsets[t]
+        out.append(torch.sort(mine[(mine >= 0) & (mine < size)]).values)
+    return out, torch.bincount(winners[:, 1].to(torch.int64), minlength=len(sizes)).tolist()
+
+
+def sharded_topk(scores: list[Tensor], unmasked: list[Tensor], offsets: list[int], k: int,
+                 group=None) -> tuple[list[Tensor], list[int]]:
+    """(per tensor, the sorted local indices of its entries among the global top-k of every
+    rank's still-masked entries; per tensor, how many of the k it got on all ranks). scores[t] is
+    this rank's part of tensor t, whose entry i is entry offsets[t] + i of the whole; every rank
+    calls this with the same k and tensor count. One all-gather of k rows per rank."""
+    rows = candidate_rows(scores, unmasked, offsets, k)
     gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, rows, group=group)
-    merged = torch.cat(gathered)
-    merged = merged[merged[:, 1] >= 0]
-    winners = merged[rank_rows(merged)[:k]]
-    out = []
-    for t, s in enumerate(scores):
-        mine = winners[winners[:, 1] == t, 2].to(torch.int64) - offsets[t]
-        out.append(torch.sort(mine[(mine >= 0) & (mine < s.numel())]).values)
-    return out, torch.bincount(winners[:, 1].to(torch.int64), minlength=len(scores)).tolist()
+    return winners_of(torch.cat(gathered), [s.numel() for s in scores], offsets, k)
