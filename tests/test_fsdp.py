@@ -57,62 +57,89 @@ def _gathered(mask_local, p):
     return shards.as_dtensor(mask_local.reshape(-1).to(torch.int8), p).full_tensor().bool()
 
 
-def _build(algo, world):
-    """(model, optimizer, decisions()) for one algorithm."""
+class Algo:
+    """One algorithm's set-up: model, optimizer and what the test reads and saves."""
+
+    def __init__(self, model, opt, decisions, after_step=None, extra_loss=None, extra_state=None, export=None):
+        self.model, self.opt, self.decisions = model, opt, decisions
+        self.after_step = after_step or (lambda step: None)
+        self.extra_loss = extra_loss or (lambda: 0.0)
+        self.extra_state = extra_state or {}  # name -> object with state_dict / load_state_dict
+        self.export = export or (lambda path: None)
+
+
+def _build(algo, world) -> Algo:
     torch.manual_seed(0)
-    model = _mesh_and_shard(OddNet().double(), world)
     if algo == "masked_adamw":
+        model = _mesh_and_shard(OddNet().double(), world)
         opt = MaskedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1, block_size=6)
         for i, p in enumerate(model.parameters()):  # a fixed, irregular set of active blocks
-            opt.set_mask(p, torch.arange(opt.num_blocks(p)) % (i + 2) != 0)
-        return model, opt, lambda: {n: opt.block_mask(p).clone() for n, p in model.named_parameters()}
+            opt.set_mask(p, torch.arange(opt.num_blocks(p)) % (i + 2) != 1)  # v.bias: one block, in both shards
+        return Algo(model, opt, lambda: {n: opt.block_mask(p).clone() for n, p in model.named_parameters()})
     if algo == "id3":
         from winnow.id3 import ID3
 
+        model = _mesh_and_shard(OddNet().double(), world)
         opt = ID3(list(model.named_parameters()), budget=100, total_steps=STEPS, lr=1e-2, weight_decay=0.1)
-        return model, opt, lambda: {n: _gathered(m, p) for (n, p), m in zip(model.named_parameters(),
-                                                                             opt.masks().values())}
+        return Algo(model, opt, lambda: {n: _gathered(m, p) for (n, p), m in zip(model.named_parameters(),
+                                                                                  opt.masks().values())},
+                    export=opt.save_sparse)
+    if algo == "adalora":
+        from winnow.adalora import AdaLoRA
+
+        model = OddNet().double()
+        ada = AdaLoRA(model, ["q", "k", "v"], init_r=4, target_r=2, total_step=STEPS, tinit=1, tfinal=2, deltaT=1,
+                      orth_reg_in_output=False)  # injected first, then sharded
+        model = _mesh_and_shard(model, world)
+        opt = MaskedAdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        return Algo(model, opt, lambda: {"ranks": ada.ranks(), "pattern": ada.rank_pattern()},
+                    after_step=ada.update_and_allocate, extra_loss=ada.orth_reg_loss,
+                    extra_state={"adalora": ada}, export=ada.save_pretrained)
     raise ValueError(algo)
 
 
-def _train(model, opt, rank, world, steps):
+def _train(algo: Algo, rank, world, steps):
     from torch.distributed.tensor.debug import CommDebugMode
 
     collectives = 0
     for step in steps:
-        loss = (model(X[step][rank::world]) - Y[step][rank::world]).pow(2).mean()
+        loss = (algo.model(X[step][rank::world]) - Y[step][rank::world]).pow(2).mean() + algo.extra_loss()
         loss.backward()
         with CommDebugMode() as comm:
-            opt.step()
+            algo.opt.step()
+            algo.after_step(step)
         collectives += comm.get_total_counts()
-        opt.zero_grad()
+        algo.opt.zero_grad()
     return collectives
 
 
-def run(rank, world, algo, checkpoint_dir=None, resume=False, sparse_file=None):
+def run(rank, world, algo_name, checkpoint_dir=None, resume=False, export=None):
     """Trains STEPS steps; with checkpoint_dir, stops after SPLIT and saves (resume=False) or loads
     and trains the rest (resume=True)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model, opt, decisions = _build(algo, world)
+    algo = _build(algo_name, world)
     steps = range(STEPS)
     if checkpoint_dir is not None and not resume:
         steps = range(SPLIT)
     if resume:
-        model_sd, optim_sd = get_state_dict(model, opt)
-        state = {"model": model_sd, "optim": optim_sd}
+        model_sd, optim_sd = get_state_dict(algo.model, algo.opt)
+        state = {"model": model_sd, "optim": optim_sd, **{k: v.state_dict() for k, v in algo.extra_state.items()}}
         dcp.load(state, checkpoint_id=checkpoint_dir)
-        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(algo.model, algo.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        for k, v in algo.extra_state.items():
+            v.load_state_dict(state[k])
         steps = range(SPLIT, STEPS)
-    collectives = _train(model, opt, rank, world, steps)
+    collectives = _train(algo, rank, world, steps)
     if checkpoint_dir is not None and not resume:
-        model_sd, optim_sd = get_state_dict(model, opt)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=checkpoint_dir)
-    if sparse_file is not None and hasattr(opt, "save_sparse"):
-        opt.save_sparse(sparse_file)
-    return {"params": {n: _full(p).detach().clone() for n, p in model.named_parameters()},
-            "decisions": decisions(), "state_bytes": opt.state_bytes(), "collectives": collectives}
+        model_sd, optim_sd = get_state_dict(algo.model, algo.opt)
+        dcp.save({"model": model_sd, "optim": optim_sd, **{k: v.state_dict() for k, v in algo.extra_state.items()}},
+                 checkpoint_id=checkpoint_dir)
+    if export is not None:
+        algo.export(export)
+    return {"params": {n: _full(p).detach().clone() for n, p in algo.model.named_parameters()},
+            "decisions": algo.decisions(), "state_bytes": algo.opt.state_bytes(), "collectives": collectives}
 
 
 def scenario(rank, world, algo, folder):
@@ -120,11 +147,17 @@ def scenario(rank, world, algo, folder):
     checkpoint, and, on a fresh process group, one that loads it and trains the rest."""
     import torch.distributed as dist
 
-    whole = run(rank, world, algo, sparse_file=f"{folder}/sharded.safetensors")
+    whole = run(rank, world, algo, export=f"{folder}/sharded_export")
     run(rank, world, algo, checkpoint_dir=f"{folder}/ckpt")
     dist.destroy_process_group()
     dist.init_process_group("gloo", init_method=f"file://{folder}/fresh_group", rank=rank, world_size=world)
     return whole, run(rank, world, algo, checkpoint_dir=f"{folder}/ckpt", resume=True)
+
+
+def _same_decisions(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], k
 
 
 def _run_scenario(tmp_path, algo):
@@ -134,23 +167,22 @@ def _run_scenario(tmp_path, algo):
     for whole, resumed in results:
         for n, p in whole["params"].items():
             torch.testing.assert_close(resumed["params"][n], p, rtol=0, atol=0)
-        for n, d in whole["decisions"].items():
-            assert torch.equal(resumed["decisions"][n], d)
-    return [whole for whole, _ in results], run(0, 1, algo, sparse_file=str(tmp_path / "single.safetensors"))
+        _same_decisions(resumed["decisions"], whole["decisions"])
+    return [whole for whole, _ in results], run(0, 1, algo, export=str(tmp_path / "single_export"))
 
 
-def _equals_one_process(ranks, single):
+def _equals_one_process(ranks, single, algo):
     for r in ranks:
         for n, p in single["params"].items():
             torch.testing.assert_close(r["params"][n], p, rtol=1e-9, atol=1e-12)
-    torch.manual_seed(0)
-    init = {n: p.detach() for n, p in OddNet().double().named_parameters()}
+    init = {n: p.detach() for n, p in _build(algo, 1).model.named_parameters()}
+    assert init.keys() == single["params"].keys()
     assert any(not torch.equal(single["params"][n], init[n]) for n in init), "training changed nothing"
 
 
 def test_masked_adamw_on_shards_equals_one_process_and_resumes_through_dcp(tmp_path):
     ranks, single = _run_scenario(tmp_path, "masked_adamw")
-    _equals_one_process(ranks, single)
+    _equals_one_process(ranks, single, "masked_adamw")
     for r in ranks:
         assert r["collectives"] == 0  # the step reads and writes local shards only
     for n, mask in single["decisions"].items():  # each rank holds the blocks its shard touches
@@ -163,13 +195,33 @@ def test_id3_on_shards_unmasks_what_one_process_does_and_saves_its_file(tmp_path
     from safetensors import safe_open
 
     ranks, single = _run_scenario(tmp_path, "id3")
-    _equals_one_process(ranks, single)
+    _equals_one_process(ranks, single, "id3")
     for r in ranks:
         assert r["collectives"] == STEPS  # one all-gather of candidates a step, nothing else
-        for n, m in single["decisions"].items():  # the same unmasked set on every rank and in one process
-            assert torch.equal(r["decisions"][n], m)
+        _same_decisions(r["decisions"], single["decisions"])  # the same unmasked set on every rank and in one process
     assert sum(int(m.sum()) for m in single["decisions"].values()) == 100
-    with safe_open(tmp_path / "sharded.safetensors", "pt") as a, safe_open(tmp_path / "single.safetensors", "pt") as b:
+    with safe_open(tmp_path / "sharded_export", "pt") as a, safe_open(tmp_path / "single_export", "pt") as b:
         assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
         for k in a.keys():
             torch.testing.assert_close(a.get_tensor(k), b.get_tensor(k), rtol=1e-9, atol=1e-12)
+
+
+def test_adalora_on_shards_allocates_like_one_process_and_saves_peft_folder(tmp_path):
+    pytest.importorskip("peft")
+    import json
+
+    from safetensors.torch import load_file
+
+    ranks, single = _run_scenario(tmp_path, "adalora")
+    _equals_one_process(ranks, single, "adalora")
+    for r in ranks:
+        assert r["decisions"] == single["decisions"]  # ranks and rank pattern
+        # update_and_allocate: one all-reduce of the triplet parts per mask step (steps 1-3), nothing else
+        assert r["collectives"] == 3
+    assert sorted(single["decisions"]["ranks"].values()) != [4, 4, 4]  # ranks were pruned
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("sharded_export", "single_export"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12)
+    configs = [json.loads((tmp_path / d / "adapter_config.json").read_text()) for d in ("sharded_export", "single_export")]
+    assert configs[0] == configs[1]

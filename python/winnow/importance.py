@@ -6,6 +6,7 @@ from torch import Tensor
 
 from winnow import ops
 from winnow.dtypes import stat_dtype
+from winnow.optim import shards
 
 MODES = ("adalora", "id3")
 
@@ -29,6 +30,8 @@ class ImportanceTracker:
     Statistics are float32 (float64 for float64 params). Elements with a non-finite importance
     are skipped, never accumulated; `nonfinite_count` says how many were skipped so far.
     Parameters whose grad is None are skipped in that update, like torch.optim does.
+    FSDP2 (DTensor parameters): the statistics are those of each rank's local shard, and
+    state_dict() gives them as DTensors placed like the parameters (DCP saves every rank's part).
     """
 
     def __init__(
@@ -63,7 +66,7 @@ class ImportanceTracker:
         self.exponent = float(exponent)
         self.step = 0
         stat = lambda p: torch.zeros(  # noqa: E731
-            p.shape, dtype=stat_dtype(p.dtype), device=p.device
+            shards.local(p).shape, dtype=stat_dtype(p.dtype), device=p.device
         )
         if mode == "adalora":
             self.exp_avg_ipt = [stat(p) for p in self.params]
@@ -93,8 +96,8 @@ class ImportanceTracker:
                     raise TypeError(f"params[{idx[k]}].grad is sparse; sparse gradients are not supported")
             sel = [idx[k] for k in live]
             counter = self._nonfinite[device] if len(live) == len(idx) else torch.zeros_like(self._nonfinite[device][: len(live)])
-            p = [self.params[i].detach() for i in sel]
-            g = [self.params[i].grad for i in sel]
+            p = [shards.local(self.params[i].detach()) for i in sel]
+            g = [shards.local(self.params[i].grad) for i in sel]
             if self.mode == "adalora":
                 ops.importance_update_adalora(
                     p, g, [self.exp_avg_ipt[i] for i in sel], [self.exp_avg_unc[i] for i in sel],
@@ -153,7 +156,8 @@ class ImportanceTracker:
             for i, c in zip(idx, self._nonfinite[d].tolist()):
                 sd["nonfinite"][i] = c
         for name, tensors in self._stats().items():
-            sd[name] = [t.clone() for t in tensors]
+            sd[name] = [shards.as_dtensor(t.reshape(-1).clone(), p) if shards.is_sharded(p) else t.clone()
+                        for t, p in zip(tensors, self.params)]
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -167,6 +171,8 @@ class ImportanceTracker:
                     f"state_dict[{name!r}] must hold {len(tensors)} tensors, got "
                     f"{'none' if loaded is None else len(loaded)}"
                 )
+            loaded = [shards.local(t) for t in loaded]
+            state_dict = {**state_dict, name: loaded}
             for i, (mine, theirs) in enumerate(zip(tensors, loaded)):
                 if tuple(theirs.shape) != tuple(mine.shape):
                     raise ValueError(

@@ -11,6 +11,7 @@ from torch import nn
 from winnow import ops
 from winnow.adalora.schedule import budget_schedule
 from winnow.importance import ImportanceTracker
+from winnow.optim import shards
 
 
 class RankAllocator:
@@ -93,14 +94,17 @@ class RankAllocator:
         t = self._tracker
         num_masked = max(0, self.init_bgt - budget)
         idx = lambda j: [3 * k + j for k in range(len(self._triplets))]  # noqa: E731
-        with torch.no_grad():
-            _, keep = ops.rank_prune(
-                [e for _, _, e, _ in self._triplets],
-                [t.exp_avg_ipt[i] for i in idx(1)], [t.exp_avg_unc[i] for i in idx(1)],
-                [t.exp_avg_ipt[i] for i in idx(0)], [t.exp_avg_unc[i] for i in idx(0)],
-                [t.exp_avg_ipt[i] for i in idx(2)], [t.exp_avg_unc[i] for i in idx(2)],
-                num_masked,
-            )
+        if shards.is_sharded(self._triplets[0][2]):
+            keep = self._sharded_keep(num_masked)
+        else:
+            with torch.no_grad():
+                _, keep = ops.rank_prune(
+                    [e for _, _, e, _ in self._triplets],
+                    [t.exp_avg_ipt[i] for i in idx(1)], [t.exp_avg_unc[i] for i in idx(1)],
+                    [t.exp_avg_ipt[i] for i in idx(0)], [t.exp_avg_unc[i] for i in idx(0)],
+                    [t.exp_avg_ipt[i] for i in idx(2)], [t.exp_avg_unc[i] for i in idx(2)],
+                    num_masked,
+                )
         keep = keep.tolist()  # the one host synchronisation of a mask step
         self.host_syncs += 1
         pattern, offset = {}, 0
@@ -109,6 +113,38 @@ class RankAllocator:
             pattern[name_e] = keep[offset:offset + r]
             offset += r
         return pattern
+
+    @torch.no_grad()
+    def _sharded_keep(self, num_masked: int) -> torch.Tensor:
+        """FSDP2: each rank scores the rows of A and E it holds and its rows' share of B's column
+        means; one all-reduce completes every triplet's parts on every rank, and rank_prune runs on
+        them (its selection rule, on every rank alike), each rank masking the E rows it holds."""
+        t = self._tracker
+        sizes = [e.shape[0] for _, _, e, _ in self._triplets]
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        parts = torch.zeros(3, sum(sizes), dtype=t.exp_avg_ipt[0].dtype, device=t.exp_avg_ipt[0].device)
+        for k, (_, a, e, b) in enumerate(self._triplets):
+            s_a, s_e, s_b = ((t.exp_avg_ipt[3 * k + j] * t.exp_avg_unc[3 * k + j]) for j in range(3))
+            first_e = shards.local_span(e).start  # E is (r, 1): its row = its element
+            first_a = shards.local_span(a).start // max(1, a.shape[1])
+            parts[0, starts[k] + first_e:starts[k] + first_e + s_e.shape[0]] = s_e.view(-1)
+            parts[1, starts[k] + first_a:starts[k] + first_a + s_a.shape[0]] = s_a.mean(dim=1)
+            parts[2, starts[k]:starts[k] + sizes[k]] = s_b.sum(dim=0)  # this rank's rows of B
+        torch.distributed.all_reduce(parts)
+        ones = lambda n: torch.ones(n, 1, dtype=parts.dtype, device=parts.device)  # noqa: E731
+        whole_e = [ones(n) for n in sizes]  # stand-ins that rank_prune masks; the real E below
+        segments = [slice(starts[k], starts[k] + n) for k, n in enumerate(sizes)]
+        out_rows = [b.shape[0] for _, _, _, b in self._triplets]
+        _, keep = ops.rank_prune(
+            whole_e, [parts[0, sl].view(-1, 1) for sl in segments], [ones(n) for n in sizes],
+            [parts[1, sl].view(-1, 1) for sl in segments], [ones(n) for n in sizes],
+            [(parts[2, sl] / rows).view(1, -1) for sl, rows in zip(segments, out_rows)],
+            [ones(n).view(1, -1) for n in sizes], num_masked)
+        for k, (_, _, e, _) in enumerate(self._triplets):
+            local = shards.local(e)
+            first = shards.local_span(e).start
+            local.masked_fill_(~keep[starts[k] + first:starts[k] + first + local.shape[0]].view(-1, 1), 0.0)
+        return keep
 
     def update_and_allocate(self, model: nn.Module, global_step: int, force_mask: bool = False):
         if global_step < self.peft_config.total_step - self.peft_config.tfinal:
@@ -126,7 +162,11 @@ class RankAllocator:
             for n, p in model.named_parameters():
                 if f"lora_E.{self.adapter_name}" in n:
                     key = n.replace(f".{self.adapter_name}", "") if truncated else n
-                    masks.append((p, ~torch.tensor(rank_pattern[key], dtype=torch.bool, device=p.device).view(-1, 1)))
+                    masked = ~torch.tensor(rank_pattern[key], dtype=torch.bool, device=p.device).view(-1, 1)
+                    if shards.is_sharded(p):  # the rows this rank holds
+                        first = shards.local_span(p).start
+                        p, masked = shards.local(p), masked[first:first + shards.local(p).shape[0]]
+                    masks.append((p, masked))
             self._rank_pattern_masks = (rank_pattern, masks)
         with torch.no_grad():
             for p, masked in self._rank_pattern_masks[1]:
@@ -139,6 +179,24 @@ class RankAllocator:
         allocation) and the host-sync count."""
         return {"tracker": None if self._tracker is None else self._tracker.state_dict(),
                 "host_syncs": self.host_syncs}
+
+    def fixed_state_dict(self, model: nn.Module) -> dict:
+        """The same structure whether or not statistics are running (torch.distributed.checkpoint
+        loads into it): zero statistics and live=False when there are none."""
+        live = self._tracker is not None
+        if not live:
+            self._build(model)
+        tracker = self._tracker.state_dict()
+        if not live:
+            self.reset_ipt()
+        return {"tracker": tracker, "live": torch.tensor(live), "host_syncs": self.host_syncs}
+
+    def load_fixed_state_dict(self, model: nn.Module, state_dict: dict) -> None:
+        self.reset_ipt()
+        if bool(state_dict["live"]):
+            self._build(model)
+            self._tracker.load_state_dict(state_dict["tracker"])
+        self.host_syncs = int(state_dict.get("host_syncs", 0))
 
     def load_state_dict(self, model: nn.Module, state_dict: dict) -> None:
         if not isinstance(state_dict, dict) or "tracker" not in state_dict:

@@ -8,6 +8,18 @@ import torch
 from torch import nn
 
 
+def orthogonality_terms(a: torch.Tensor, b: torch.Tensor, kind: str) -> list[torch.Tensor]:
+    """||A A^T - I|| and ||B^T B - I|| (Frobenius; "paper": squared), for the non-empty ones."""
+    terms = []
+    for mat, left in ((a, True), (b, False)):
+        if mat.numel() == 0:
+            continue
+        cov = mat @ mat.T if left else mat.T @ mat
+        diff = cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        terms.append(torch.linalg.matrix_norm(diff) if kind == "peft" else diff.pow(2).sum())
+    return terms
+
+
 def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers.pytorch_utils.Conv1D
 
@@ -38,6 +50,10 @@ class SVDLinear(nn.Module):
         self.scaling = float(lora_alpha) if lora_alpha > 0 else float(r)
         self.ranknum = float(r)
         self.merged = False
+        # FSDP2: the orthogonality terms are taken in forward, where the adapters are whole
+        # (AdaLoRA sets the mode when the parameters are sharded; None: not recorded)
+        self.record_orth: str | None = None
+        self.orth_terms: list[torch.Tensor] = []
         self.reset_parameters()
 
     @torch.no_grad()
@@ -73,6 +89,8 @@ class SVDLinear(nn.Module):
         if self.merged or self.lora_A[self.adapter_name].shape[0] == 0:
             return result
         a, e, b = (d[self.adapter_name] for d in (self.lora_A, self.lora_E, self.lora_B))
+        if self.record_orth is not None and torch.is_grad_enabled():
+            self.orth_terms = orthogonality_terms(a, b, self.record_orth)
         h = self.lora_dropout(x.to(a.dtype)) @ (a * e).T @ b.T
         return result + (h * self.scaling / (self.ranknum + 1e-5)).to(result.dtype)
 

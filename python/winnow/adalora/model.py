@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from winnow.adalora.allocator import RankAllocator
-from winnow.adalora.layers import SVDLinear, adaptable
+from winnow.adalora.layers import SVDLinear, adaptable, orthogonality_terms
 from winnow.adalora.schedule import check_schedule
+from winnow.optim import shards
 
 ORTH_REG = ("peft", "paper")
 
@@ -21,6 +22,17 @@ def _matches(name: str, targets) -> str | None:
     return None
 
 
+def _sort_target_modules(config_path: str) -> None:
+    """peft keeps target_modules as a set and writes it in hash order, which changes from process
+    to process: sorted, the same adapter always writes the same file."""
+    with open(config_path) as f:
+        cfg = json.load(f)
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        with open(config_path, "w") as f:
+            f.write(json.dumps(cfg, indent=2, sort_keys=True))
+
+
 class AdaLoRA:
     """Injects AdaLoRA's SVD adapters (Delta W = P diag(lambda) Q; peft's lora_B, lora_E, lora_A)
     into the nn.Linear / Conv1D modules named by `target_modules` and drives the budget schedule.
@@ -29,6 +41,12 @@ class AdaLoRA:
     and the orthogonal regulariser `orth_reg_loss()` is added to a transformers output's `.loss`
     (orth_reg_in_output=False: add it to your loss yourself). Semantics are peft's AdaLoraModel's; the rank
     allocation runs on winnow's fused importance and rank_prune kernels.
+
+    FSDP2: inject first, then `fully_shard`. Importance is tracked on each rank's shards, a mask
+    step completes the triplet scores with one all-reduce and every rank applies the same rank
+    pattern; the orthogonality terms are taken in each adapted layer's forward (where FSDP2 has
+    the adapters whole), so call orth_reg_loss() after the forward; save_pretrained is then a
+    collective (the adapters gathered, rank 0 writes peft's folder).
     """
 
     def __init__(self, model: nn.Module, target_modules, *, init_r: int = 12, target_r: int = 8,
@@ -79,6 +97,18 @@ class AdaLoRA:
         # orthogonal regularisation added to it. A caller that computes its loss outside the
         # model's forward (winnow.causal_lm.lm_loss) adds orth_reg_loss() itself instead.
         self._hook = model.register_forward_hook(self._add_orth_reg) if orth_reg_in_output else None
+        self._sharding_check = model.register_forward_pre_hook(self._record_orth_if_sharded)
+
+    def _record_orth_if_sharded(self, module, args):
+        """Before the first forward (and before FSDP2's own hooks, registered later): are the
+        adapters sharded? Then their layers record the orthogonality terms in forward."""
+        if self._sharded() and self.config.orth_reg_weight > 0:
+            for m in self.modules.values():
+                m.record_orth = self.orth_reg
+        self._sharding_check.remove()
+
+    def _sharded(self) -> bool:
+        return shards.is_sharded(next(iter(self.modules.values())).lora_A[self.adapter_name])
 
     def _add_orth_reg(self, module, args, output):
         loss = getattr(output, "loss", None)
@@ -116,12 +146,14 @@ class AdaLoRA:
         ||A A^T - I||_F and ||B^T B - I||_F (unsquared); "paper": the sum of their squares."""
         total, count = None, 0
         for m in self.modules.values():
-            for mat, left in ((m.lora_A[self.adapter_name], True), (m.lora_B[self.adapter_name], False)):
-                if mat.numel() == 0:
-                    continue
-                cov = mat @ mat.T if left else mat.T @ mat
-                diff = cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-                term = torch.linalg.matrix_norm(diff) if self.orth_reg == "peft" else diff.pow(2).sum()
+            if m.record_orth is not None:  # sharded: the terms of the last forward
+                if not m.orth_terms and m.lora_A[self.adapter_name].numel():
+                    raise RuntimeError("orth_reg_loss() under FSDP2: call it after a forward with gradients on "
+                                       "(the adapted layers take the terms while FSDP2 has them whole)")
+                terms, m.orth_terms = m.orth_terms, []
+            else:
+                terms = orthogonality_terms(m.lora_A[self.adapter_name], m.lora_B[self.adapter_name], self.orth_reg)
+            for term in terms:
                 total = term if total is None else total + term
                 count += 1
         if total is None:
@@ -137,12 +169,43 @@ class AdaLoRA:
 
     def state_dict(self) -> dict:
         """The rank pattern and the allocator's importance statistics: with the model's and the
-        optimizer's state dicts, enough to resume a run bitwise (the step count is the caller's)."""
+        optimizer's state dicts, enough to resume a run bitwise (the step count is the caller's).
+        Under FSDP2 its structure is fixed (what torch.distributed.checkpoint loads into): the
+        pattern as one bool tensor over all triplets with a flag, the statistics as DTensors."""
+        if self._sharded():
+            return self._fixed_state_dict()
         pattern = self.config.rank_pattern
         return {"rank_pattern": None if pattern is None else {k: list(v) for k, v in pattern.items()},
                 "allocator": self.allocator.state_dict()}
 
+    def _pattern_keys(self) -> list[str]:
+        return [f"{n}.lora_E.{self.adapter_name}" for n in self.modules]
+
+    def _fixed_state_dict(self) -> dict:
+        sizes = [m.lora_E[self.adapter_name].shape[0] for m in self.modules.values()]
+        pattern = self.config.rank_pattern
+        flat = torch.tensor([bool(v) for k in self._pattern_keys() for v in pattern[k]] if pattern
+                            else [False] * sum(sizes), dtype=torch.bool)
+        return {"rank_pattern": flat, "has_rank_pattern": torch.tensor(pattern is not None),
+                "allocator": self.allocator.fixed_state_dict(self.model)}
+
+    def _load_fixed(self, state_dict: dict) -> None:
+        if not {"rank_pattern", "has_rank_pattern", "allocator"} <= state_dict.keys():
+            raise ValueError("state_dict must come from a sharded AdaLoRA's state_dict() "
+                             "(keys 'rank_pattern', 'has_rank_pattern', 'allocator')")
+        pattern = None
+        if bool(state_dict["has_rank_pattern"]):
+            flat, pattern, at = state_dict["rank_pattern"].tolist(), {}, 0
+            for key, m in zip(self._pattern_keys(), self.modules.values()):
+                r = m.lora_E[self.adapter_name].shape[0]
+                pattern[key], at = flat[at:at + r], at + r
+        self.config.rank_pattern = pattern
+        self.allocator.load_fixed_state_dict(self.model, state_dict["allocator"])
+
     def load_state_dict(self, state_dict: dict) -> None:
+        if self._sharded():
+            self._load_fixed(state_dict)
+            return
         if not isinstance(state_dict, dict) or not {"rank_pattern", "allocator"} <= state_dict.keys():
             raise ValueError("state_dict must come from AdaLoRA.state_dict() (keys 'rank_pattern', 'allocator')")
         pattern = state_dict["rank_pattern"]
@@ -156,7 +219,12 @@ class AdaLoRA:
 
     def ranks(self) -> dict[str, int]:
         """Current rank of each adapted module: the number of non-zero lambda."""
-        return {n: int(torch.count_nonzero(m.lora_E[self.adapter_name])) for n, m in self.modules.items()}
+        counts = {n: torch.count_nonzero(shards.local(m.lora_E[self.adapter_name])) for n, m in self.modules.items()}
+        if counts and shards.is_sharded(next(iter(self.modules.values())).lora_E[self.adapter_name]):
+            stacked = torch.stack(list(counts.values()))
+            torch.distributed.all_reduce(stacked)  # each rank counted the rows it holds
+            counts = dict(zip(counts, stacked))
+        return {n: int(c) for n, c in counts.items()}
 
     # ---- inference ----
 
@@ -176,11 +244,11 @@ class AdaLoRA:
         import peft
         from safetensors.torch import save_file
 
-        os.makedirs(path, exist_ok=True)
         pattern = {}
         tensors = {}
+        whole = lambda t: t.full_tensor() if shards.is_sharded(t) else t  # noqa: E731  (every rank takes part)
         for name, m in self.modules.items():
-            a, e, b = (d[self.adapter_name].detach() for d in (m.lora_A, m.lora_E, m.lora_B))
+            a, e, b = (whole(d[self.adapter_name].detach()) for d in (m.lora_A, m.lora_E, m.lora_B))
             key = f"{name}.lora_E.{self.adapter_name}"
             keep = self.rank_pattern().get(key)
             keep = torch.tensor(keep, dtype=torch.bool) if keep is not None else torch.ones(e.shape[0], dtype=torch.bool)
@@ -189,6 +257,10 @@ class AdaLoRA:
             tensors[f"{prefix}.lora_A"] = a[keep].contiguous()
             tensors[f"{prefix}.lora_E"] = e[keep].contiguous()
             tensors[f"{prefix}.lora_B"] = b[:, keep].contiguous()
+        if shards.is_sharded(next(iter(self.modules.values())).lora_A[self.adapter_name]) and \
+                torch.distributed.get_rank() != 0:
+            return
+        os.makedirs(path, exist_ok=True)
         c = self.config
         cfg = peft.AdaLoraConfig(
             target_modules=c.target_modules, init_r=c.init_r, target_r=c.target_r, lora_alpha=c.lora_alpha,
@@ -197,6 +269,7 @@ class AdaLoRA:
             inference_mode=True,
         )
         cfg.save_pretrained(path)
+        _sort_target_modules(os.path.join(path, "adapter_config.json"))
         save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
 
     @classmethod

@@ -308,8 +308,9 @@ class MaskedAdamW(torch.optim.Optimizer):
         """(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, active blocks, block steps, block size)
         of what the fused step updates. A plain parameter is one entry. A shard is the run of
         blocks that starts at a block boundary, and before it, when the shard starts inside a
-        block held by the previous rank, that block's part (one block of `head` elements: its
-        state row's last `head` slots); block indices become the segment's own."""
+        block held by the previous rank, that block's part (one block of `head` elements, the
+        slots of its state row that those elements have in the whole block); block indices become
+        the segment's own."""
         state = self.state[p]
         keys = self._keys({"amsgrad": amsgrad})
         moments = [state[k] for k in keys] + ([None] if not amsgrad else [])
@@ -329,8 +330,9 @@ class MaskedAdamW(torch.optim.Optimizer):
         _, head_active, body_blocks, zero = cached
         param, grad = shards.local_flat(p), shards.local_flat(p.grad)
         views = []
-        if head_active:
-            views.append((param[:head], grad[:head], *[None if m is None else m[bs - head:bs] for m in moments],
+        if head_active:  # its slots in the block's state row: from the shard's position in the block
+            phase = span.start % bs
+            views.append((param[:head], grad[:head], *[None if m is None else m[phase:phase + head] for m in moments],
                           zero, state["block_step"][:1], head))
         k = 1 if head_active else 0
         if body_blocks.numel():

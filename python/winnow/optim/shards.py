@@ -57,6 +57,11 @@ def local_span(p: Tensor) -> Span:
     return Span(offset[0] * row if p.dim() else 0, math.prod(shape))
 
 
+def local(t):
+    """A DTensor's local shard (a view, written in place), or the tensor itself (None stays None)."""
+    return t.to_local() if is_sharded(t) else t
+
+
 def local_flat(t: Tensor) -> Tensor:
     """The local shard of a DTensor (or the tensor itself), flattened: a view, written in place."""
     local = t.to_local() if is_sharded(t) else t
