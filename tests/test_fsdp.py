@@ -15,6 +15,9 @@ WORLD, STEPS, SPLIT = 2, 6, 3  # SPLIT: steps before the checkpoint in the resum
 gen = torch.Generator().manual_seed(5)
 X = [torch.randn(8, 16, generator=gen, dtype=torch.float64) for _ in range(STEPS)]
 Y = [torch.randn(8, 5, generator=gen, dtype=torch.float64) for _ in range(STEPS)]
+IDS = [torch.randint(0, 60, (4, 7), generator=gen) for _ in range(STEPS)]  # IST's tiny BERT
+PROBE = torch.randint(0, 60, (4, 7), generator=gen)
+FORWARD_COLLECTIVES = {}  # issued by FSDP2 in IST's probe forwards (not winnow's): subtracted
 
 
 class OddNet(torch.nn.Module):
@@ -60,15 +63,18 @@ def _gathered(mask_local, p):
 class Algo:
     """One algorithm's set-up: model, optimizer and what the test reads and saves."""
 
-    def __init__(self, model, opt, decisions, after_step=None, extra_loss=None, extra_state=None, export=None):
+    def __init__(self, model, opt, decisions, after_step=None, extra_loss=None, extra_state=None, export=None,
+                 before_step=None, loss=None):
         self.model, self.opt, self.decisions = model, opt, decisions
+        self.before_step = before_step or (lambda step: None)
+        self.loss = loss or (lambda step, rank, world: (model(X[step][rank::world]) - Y[step][rank::world]).pow(2).mean())
         self.after_step = after_step or (lambda step: None)
         self.extra_loss = extra_loss or (lambda: 0.0)
         self.extra_state = extra_state or {}  # name -> object with state_dict / load_state_dict
         self.export = export or (lambda path: None)
 
 
-def _build(algo, world) -> Algo:
+def _build(algo, world, rank=0) -> Algo:
     torch.manual_seed(0)
     if algo == "masked_adamw":
         model = _mesh_and_shard(OddNet().double(), world)
@@ -95,20 +101,61 @@ def _build(algo, world) -> Algo:
         return Algo(model, opt, lambda: {"ranks": ada.ranks(), "pattern": ada.rank_pattern()},
                     after_step=ada.update_and_allocate, extra_loss=ada.orth_reg_loss,
                     extra_state={"adalora": ada}, export=ada.save_pretrained)
+    if algo == "ist":
+        from test_ist import tiny_bert_lora
+
+        from winnow.ist import ISTController
+
+        model = tiny_bert_lora(layers=4).double()
+        if world > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (world,))
+            for layer in model.base_model.model.encoder.layer:  # adapters share a unit with frozen weights
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        opt = MaskedAdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+        # the controller's seed differs per rank on purpose: rank 0's generator must win everywhere
+        ctl = ISTController(model, update_ratio=0.5, score_interval=3, seed=7 + rank, optimizer=opt,
+                            state_policy="drop")
+
+        @torch.no_grad()
+        def probe():  # a forward: FSDP2 gathers the parameters for it, which the count leaves out
+            from torch.distributed.tensor.debug import CommDebugMode
+
+            with CommDebugMode() as fsdp_forward:
+                loss = model(input_ids=PROBE[rank::world]).last_hidden_state.pow(2).mean()
+            for op, n in fsdp_forward.get_comm_counts().items():
+                FORWARD_COLLECTIVES[op] = FORWARD_COLLECTIVES.get(op, 0) + n
+            return loss
+
+        return Algo(model, opt, lambda: {"active": {h["step"]: h["active"] for h in ctl.history if "active" in h},
+                                         "scores": ctl.scores.tolist()},
+                    before_step=lambda step: ctl.begin_step(step, probe), extra_state={"ist": ctl},
+                    loss=lambda step, rank, world: model(input_ids=IDS[step][rank::world]).last_hidden_state.pow(2).mean())
     raise ValueError(algo)
 
 
 def _train(algo: Algo, rank, world, steps):
     from torch.distributed.tensor.debug import CommDebugMode
 
-    collectives = 0
+    collectives = {}  # what winnow issued around the forward and backward (FSDP2's own are inside them)
     for step in steps:
-        loss = (algo.model(X[step][rank::world]) - Y[step][rank::world]).pow(2).mean() + algo.extra_loss()
+        with CommDebugMode() as before:
+            algo.before_step(step)
+        loss = algo.loss(step, rank, world) + algo.extra_loss()
         loss.backward()
-        with CommDebugMode() as comm:
+        with CommDebugMode() as after:
             algo.opt.step()
             algo.after_step(step)
-        collectives += comm.get_total_counts()
+        for comm in (before, after):
+            for op, n in comm.get_comm_counts().items():
+                n -= FORWARD_COLLECTIVES.pop(op, 0) if comm is before else 0
+                if n == 0:
+                    continue
+                name = str(op).split(".")[-1].strip("_")
+                collectives[name] = collectives.get(name, 0) + n
         algo.opt.zero_grad()
     return collectives
 
@@ -119,7 +166,7 @@ def run(rank, world, algo_name, checkpoint_dir=None, resume=False, export=None):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    algo = _build(algo_name, world)
+    algo = _build(algo_name, world, rank)
     steps = range(STEPS)
     if checkpoint_dir is not None and not resume:
         steps = range(SPLIT)
@@ -155,9 +202,15 @@ def scenario(rank, world, algo, folder):
 
 
 def _same_decisions(a: dict, b: dict) -> None:
+    """Equal decisions; a per-step record ({step: ...}) of a resumed run is compared on its steps."""
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], k
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], dict) and all(isinstance(step, int) for step in a[k]):
+            assert a[k] and all(b[k][step] == v for step, v in a[k].items()), k
+        else:
+            assert a[k] == b[k], k
 
 
 def _run_scenario(tmp_path, algo):
@@ -184,7 +237,7 @@ def test_masked_adamw_on_shards_equals_one_process_and_resumes_through_dcp(tmp_p
     ranks, single = _run_scenario(tmp_path, "masked_adamw")
     _equals_one_process(ranks, single, "masked_adamw")
     for r in ranks:
-        assert r["collectives"] == 0  # the step reads and writes local shards only
+        assert r["collectives"] == {}  # the step reads and writes local shards only
     for n, mask in single["decisions"].items():  # each rank holds the blocks its shard touches
         assert torch.equal(ranks[0]["decisions"][n] | ranks[1]["decisions"][n], mask)
     assert not torch.equal(ranks[0]["decisions"]["q.weight"], single["decisions"]["q.weight"])  # not the other's
@@ -197,7 +250,7 @@ def test_id3_on_shards_unmasks_what_one_process_does_and_saves_its_file(tmp_path
     ranks, single = _run_scenario(tmp_path, "id3")
     _equals_one_process(ranks, single, "id3")
     for r in ranks:
-        assert r["collectives"] == STEPS  # one all-gather of candidates a step, nothing else
+        assert r["collectives"] == {"allgather": STEPS}  # one all-gather of candidates a step, nothing else
         _same_decisions(r["decisions"], single["decisions"])  # the same unmasked set on every rank and in one process
     assert sum(int(m.sum()) for m in single["decisions"].values()) == 100
     with safe_open(tmp_path / "sharded_export", "pt") as a, safe_open(tmp_path / "single_export", "pt") as b:
@@ -217,7 +270,7 @@ def test_adalora_on_shards_allocates_like_one_process_and_saves_peft_folder(tmp_
     for r in ranks:
         assert r["decisions"] == single["decisions"]  # ranks and rank pattern
         # update_and_allocate: one all-reduce of the triplet parts per mask step (steps 1-3), nothing else
-        assert r["collectives"] == 3
+        assert r["collectives"] == {"allreduce": 3}
     assert sorted(single["decisions"]["ranks"].values()) != [4, 4, 4]  # ranks were pruned
     a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("sharded_export", "single_export"))
     assert a.keys() == b.keys()
@@ -225,3 +278,18 @@ def test_adalora_on_shards_allocates_like_one_process_and_saves_peft_folder(tmp_
         torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12)
     configs = [json.loads((tmp_path / d / "adapter_config.json").read_text()) for d in ("sharded_export", "single_export")]
     assert configs[0] == configs[1]
+
+
+def test_ist_on_shards_switches_the_same_layers_as_one_process(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    ranks, single = _run_scenario(tmp_path, "ist")
+    _equals_one_process(ranks, single, "ist")
+    active = single["decisions"]["active"]
+    assert sorted(active) == list(range(STEPS)) and len({tuple(a) for a in active.values()}) > 1  # it switched
+    for r in ranks:
+        assert r["decisions"]["active"] == active
+        torch.testing.assert_close(torch.tensor(r["decisions"]["scores"]), torch.tensor(single["decisions"]["scores"]),
+                                   rtol=1e-10, atol=1e-12)
+        # a broadcast per draw (one a step, one a probe) and an all-reduce of each probe's loss; no all-gather
+        assert set(r["collectives"]) == {"broadcast", "allreduce"}

@@ -85,7 +85,11 @@ class ISTController:
     Under torch.distributed every draw is made on rank 0 and broadcast, and each probe's loss is
     averaged over ranks (each rank probes its shard), so active sets and scores are identical on
     all ranks. With DDP, build it with find_unused_parameters=True: the resting layers' adapters
-    take no part in backward.
+    take no part in backward. Under FSDP2 (fully_shard) the switching works whatever the units:
+    FSDP2 reads requires_grad at every step, per parameter (tested with one unit per layer, the
+    adapters sharing it with the frozen weights); the generator starts as rank 0's on every rank,
+    so the state_dict is the same everywhere (what torch.distributed.checkpoint assumes of
+    plain tensors).
     """
 
     def __init__(self, model: nn.Module, update_ratio: float = 0.25, suppress_ratio: float = 0.5,
@@ -113,6 +117,8 @@ class ISTController:
         self.optimizer = optimizer
         self.scores = torch.zeros(L, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
+        if self._distributed():  # every rank follows rank 0's generator: any rank's checkpoint restores the draws
+            self.generator.set_state(self._from_rank0(self.generator.get_state()))
         # The parameters IST switches: those trainable when the controller is built.
         self.layer_params = [[p for p in layer.parameters() if p.requires_grad] for layer in self.layers]
         if not any(self.layer_params):
