@@ -226,7 +226,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         rows = {k: torch.zeros(new_blocks.numel(), bs, dtype=stat_dtype(param.dtype), device=param.device) for k in keys}
         steps = torch.zeros(new_blocks.numel(), dtype=torch.int32, device=param.device)
         for blocks, src_rows, src_steps in sources:
-            pos, found = self._locate(blocks, new_blocks)
+            pos, found = shards.locate(blocks, new_blocks)
             for k in keys:
                 rows[k][found] = src_rows[k][pos[found]]
             steps[found] = src_steps[pos[found]]
@@ -252,16 +252,6 @@ class MaskedAdamW(torch.optim.Optimizer):
         state["block_step"] = steps
         for k in keys:
             state[k] = rows[k].view(-1)
-
-    @staticmethod
-    def _locate(blocks: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
-        """For each wanted block: its row in the sorted `blocks`, and whether it is there."""
-        if blocks.numel() == 0:
-            return torch.zeros_like(wanted), torch.zeros_like(wanted, dtype=torch.bool)
-        order = torch.argsort(blocks)
-        pos = torch.searchsorted(blocks[order], wanted).clamp(max=blocks.numel() - 1)
-        found = blocks[order][pos] == wanted
-        return order[pos], found
 
     # ---- the step ----
 

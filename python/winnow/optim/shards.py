@@ -74,7 +74,7 @@ def _element_blocks(span: Span, block_size: int, device) -> tuple[Tensor, Tensor
     return g // block_size, g % block_size
 
 
-def _locate(blocks: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+def locate(blocks: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
     """For each wanted block: its row in `blocks` (any order), and whether it is there."""
     if blocks.numel() == 0:
         return torch.zeros_like(wanted), torch.zeros_like(wanted, dtype=torch.bool)
@@ -92,7 +92,7 @@ def to_dense(span: Span, block_size: int, sources, like: Tensor) -> tuple[dict[s
     dense, step = {}, torch.zeros(span.numel, dtype=torch.int32, device=device)
     active = torch.zeros(span.numel, dtype=torch.int8, device=device)
     for blocks, rows, steps, is_active in sources:
-        pos, found = _locate(blocks.to(device), block)
+        pos, found = locate(blocks.to(device), block)
         for key, values in rows.items():
             out = dense.setdefault(key, torch.zeros(span.numel, dtype=values.dtype, device=device))
             out[found] = values.to(device)[pos[found] * block_size + slot[found]]
@@ -108,7 +108,7 @@ def to_compact(span: Span, block_size: int, dense: dict[str, Tensor], step: Tens
     out = []
     for chosen in (active != 0, (active == 0) & (step > 0)):
         blocks = torch.unique(block[chosen])
-        pos, found = _locate(blocks, block)
+        pos, found = locate(blocks, block)
         found &= chosen
         rows = {}
         for key, values in dense.items():
