@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "cpu/isa.h"
+
 #ifndef WINNOW_TORCH_VERSION
 #error "WINNOW_TORCH_VERSION must be defined by the build"
 #endif
@@ -56,6 +58,10 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_kernels"] = false;
     info["cuda_archs"] = "";
 #endif
+    info["cpu_isas"] = winnow::cpu::built_isas();
     return info;
   });
+  // The instruction set the CPU kernels run with (csrc/cpu/isa.h); ValueError for a bad
+  // WINNOW_CPU_CAPABILITY.
+  m.def("cpu_capability", [] { return std::string(winnow::cpu::isa_name(winnow::cpu::active_isa())); });
 }

@@ -11,7 +11,13 @@
 #include <array>
 #include <queue>
 
+#include "isa/topk_kernel.h"
 #include "multi_tensor.h"
+
+namespace winnow::cpu {
+Stub<uint32_t (*)(const float*, int64_t, uint32_t*)> tile_keys_float;
+Stub<uint64_t (*)(const double*, int64_t, uint64_t*)> tile_keys_double;
+}  // namespace winnow::cpu
 
 namespace winnow::topk {
 namespace {
@@ -114,16 +120,6 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
   return out;
 }
 
-// Keys of a tile of scores, and their maximum (vectorised; AVX2 has the unsigned max).
-template <typename scalar_t, typename key_t>
-WINNOW_CPU_CLONES key_t tile_keys(const scalar_t* __restrict s, int64_t len, key_t* __restrict keys) {
-  // Two loops: GCC vectorises each, not the fused one (it rejects the store + reduction mix).
-  for (int64_t j = 0; j < len; ++j) keys[j] = order_key(s[j]);
-  key_t top = 0;
-  for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
-  return top;
-}
-
 // Small k (ID3 unmasks budget / total_steps entries per step): one pass, each thread keeping its
 // best k in a heap; a new entry only has to beat the heap's worst, so the loop is a compare.
 // The threads' survivors are merged by (key desc, tensor asc, index asc): deterministic.
@@ -141,6 +137,7 @@ std::vector<at::Tensor> select_small_k(at::TensorList scores, at::TensorList unm
   for (size_t i = 0; i < n; ++i) numels[i] = scores[i].numel();
   // std::priority_queue with `<` = better keeps the worst kept entry on top.
   std::vector<std::priority_queue<Entry>> best(at::get_num_threads());
+  const auto tile_keys = cpu::tile_keys_stub<scalar_t>().get();
   cpu::for_each_chunk(numels, [&](const cpu::Chunk& ch) -> int64_t {
     auto& heap = best[at::get_thread_num()];
     const scalar_t* s = scores[ch.tensor].const_data_ptr<scalar_t>();

@@ -4,16 +4,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
-
-// The element loops are memory-bound only once they are vectorised wide enough: an AVX2 clone
-// next to the baseline one, picked at load time (ifunc), roughly halves their compute.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define WINNOW_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define WINNOW_CPU_CLONES
-#endif
 
 namespace winnow::cpu {
 
@@ -26,13 +19,16 @@ struct Chunk {
 constexpr int64_t kChunkElements = 1 << 15;
 
 // Runs body(chunk) -> int64_t for every chunk, in parallel; returns the per-tensor sums of
-// what body returned (used for counts of skipped elements).
+// what body returned (used for counts of skipped elements). Tensor t is cut into chunks of
+// chunk_lengths[t] items (default kChunkElements; a launcher whose items are rows passes fewer).
 template <typename Body>
-std::vector<int64_t> for_each_chunk(const std::vector<int64_t>& numels, Body&& body) {
+std::vector<int64_t> for_each_chunk(const std::vector<int64_t>& numels, Body&& body,
+                                    const std::vector<int64_t>& chunk_lengths = {}) {
   std::vector<Chunk> chunks;
   for (size_t t = 0; t < numels.size(); ++t) {
-    for (int64_t b = 0; b < numels[t]; b += kChunkElements) {
-      chunks.push_back({t, b, std::min(numels[t], b + kChunkElements)});
+    const int64_t len = chunk_lengths.empty() ? kChunkElements : std::max<int64_t>(1, chunk_lengths[t]);
+    for (int64_t b = 0; b < numels[t]; b += len) {
+      chunks.push_back({t, b, std::min(numels[t], b + len)});
     }
   }
   std::vector<int64_t> per_chunk(chunks.size(), 0);
@@ -49,6 +45,15 @@ inline std::vector<int64_t> numels_of(const std::vector<at::Tensor>& tensors) {
   n.reserve(tensors.size());
   for (const auto& t : tensors) n.push_back(t.numel());
   return n;
+}
+
+// Raw data pointer advanced by `elements` items of `item_size` bytes (for the untyped kernel
+// arguments of csrc/cpu/isa/).
+inline const void* offset(const void* p, int64_t elements, size_t item_size) {
+  return static_cast<const char*>(p) + elements * static_cast<int64_t>(item_size);
+}
+inline void* offset(void* p, int64_t elements, size_t item_size) {
+  return static_cast<char*>(p) + elements * static_cast<int64_t>(item_size);
 }
 
 // counter[i] += add[i] for a CPU int64 counter tensor.

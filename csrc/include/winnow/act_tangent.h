@@ -18,17 +18,19 @@ struct Derivs {
   T f, d1, d2;  // f(z), f'(z), f''(z)
 };
 
+// Written with choose() rather than branches, so that the CPU kernel (csrc/cpu/isa/) runs the
+// same code on whole vectors of lanes.
 template <int K, typename T>
 WINNOW_HD Derivs<T> derivs(T z) {
   const T one(1), zero(0);
   if constexpr (K == kReLU) {
     // written as torch's threshold: NaN passes through, with slope 1 (as autograd has it)
-    return {z <= zero ? zero : z, z <= zero ? zero : one, zero};
+    return {choose(z <= zero, zero, z), choose(z <= zero, zero, one), zero};
   } else if constexpr (K == kGELU) {  // f = z Phi(z), f' = Phi + z phi, f'' = phi (2 - z^2)
     const T cdf = T(0.5) * (one + error_function(z * T(0.70710678118654752)));
     const T pdf = exponential(T(-0.5) * z * z) * T(0.39894228040143268);
-    if (pdf == zero) return {z * cdf, cdf, zero};  // |z| huge or inf: z * pdf -> 0, not inf * 0 = NaN
-    return {z * cdf, cdf + z * pdf, pdf * (T(2) - z * z)};
+    const auto flat = pdf == zero;  // |z| huge or inf: z * pdf -> 0, not inf * 0 = NaN
+    return {z * cdf, choose(flat, cdf, cdf + z * pdf), choose(flat, zero, pdf * (T(2) - z * z))};
   } else if constexpr (K == kSiLU) {  // f = z s, f' = s + z s', f'' = s' (2 + z (1 - 2s))
     const T s = one / (one + exponential(-z));
     const T ds = s * (one - s);
@@ -49,7 +51,7 @@ WINNOW_HD Derivs<T> derivs(T z) {
 template <int K, typename T>
 WINNOW_HD T times_d1(const Derivs<T>& d, T z, T x) {
   if constexpr (K == kReLU) {
-    return z <= T(0) ? T(0) : x;
+    return choose(z <= T(0), T(0), x);
   } else {
     return d.d1 * x;
   }
@@ -66,7 +68,7 @@ template <int K, typename T>
 WINNOW_HD void backward(T z, T dz, T gy, T gdy, T& gz, T& gdz) {
   const Derivs<T> d = derivs<K>(z);
   gz = times_d1<K>(d, z, gy);
-  if constexpr (K != kReLU) gz += gdy * d.d2 * dz;  // the curvature term (ReLU has none)
+  if constexpr (K != kReLU) gz = gz + gdy * d.d2 * dz;  // the curvature term (ReLU has none)
   gdz = times_d1<K>(d, z, gdy);
 }
 

@@ -18,7 +18,7 @@ struct AdaloraCoeffs {
 };
 
 template <typename acc_t>
-inline AdaloraCoeffs<acc_t> adalora_coeffs(double beta1, double beta2) {
+WINNOW_HD AdaloraCoeffs<acc_t> adalora_coeffs(double beta1, double beta2) {
   return {acc_t(beta1), acc_t(1.0 - beta1), acc_t(beta2), acc_t(1.0 - beta2)};
 }
 
@@ -46,7 +46,7 @@ struct Id3Coeffs {
 };
 
 template <typename acc_t>
-inline Id3Coeffs<acc_t> id3_coeffs(double eps, double exponent, double beta) {
+WINNOW_HD Id3Coeffs<acc_t> id3_coeffs(double eps, double exponent, double beta) {
   return {acc_t(eps), acc_t(exponent), acc_t(beta), acc_t(1.0 - beta)};
 }
 

@@ -30,7 +30,7 @@ struct Hyper {
 };
 
 template <typename acc_t>
-inline Hyper<acc_t> hyper(double lr, double beta1, double beta2, double weight_decay, double eps, double grad_scale) {
+WINNOW_HD Hyper<acc_t> hyper(double lr, double beta1, double beta2, double weight_decay, double eps, double grad_scale) {
   return {acc_t(1.0 - lr * weight_decay), acc_t(1.0 - beta1), acc_t(beta2), acc_t(1.0 - beta2), acc_t(eps),
           acc_t(grad_scale), grad_scale != 1.0, lr, beta1, beta2};
 }

@@ -31,4 +31,9 @@ WINNOW_HD double exponential(double x) { return exp(x); }
 WINNOW_HD float hyperbolic_tangent(float x) { return tanhf(x); }
 WINNOW_HD double hyperbolic_tangent(double x) { return tanh(x); }
 
+// c ? a : b, written as a call so that the same math runs on vectors of lanes
+// (csrc/cpu/isa/vec_math.h overloads it and the functions above for at::vec::Vectorized).
+template <typename T>
+WINNOW_HD T choose(bool c, T a, T b) { return c ? a : b; }
+
 }  // namespace winnow

@@ -1,0 +1,80 @@
+// masked_adamw_step's CPU loop, compiled once per instruction set (csrc/cpu/isa.h); the math is
+// winnow/masked_adamw_step.h, the launcher csrc/cpu/masked_adamw_step.cpp.
+#include "masked_adamw_kernel.h"
+
+#include <ATen/OpMathType.h>
+
+#include <algorithm>
+
+#include "winnow/masked_adamw_step.h"
+
+namespace winnow::cpu {
+namespace {
+
+// n consecutive elements: param/grad from `p`/`g`, state from `m`/`v`/`vmax`. Contiguous on both
+// sides, so it vectorises.
+template <bool kAmsgrad, bool kMaximize, typename scalar_t, typename acc_t>
+void update_range(scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict m, acc_t* __restrict v,
+                  acc_t* __restrict vmax, int64_t n, const adamw::Hyper<acc_t> h, const adamw::BlockCoeffs<acc_t> c) {
+  for (int64_t k = 0; k < n; ++k) {
+    acc_t pk = static_cast<acc_t>(p[k]);
+    acc_t unused = 0;
+    adamw::update<kAmsgrad, kMaximize>(pk, static_cast<acc_t>(g[k]), m[k], v[k], kAmsgrad ? vmax[k] : unused, h, c);
+    p[k] = static_cast<scalar_t>(pk);
+  }
+}
+
+// Sparse blocks sit at unpredictable addresses in the parameter and its gradient: fetch those of
+// a block a few runs ahead while this one computes (the compact state streams by itself).
+template <typename scalar_t>
+inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, int64_t len) {
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  for (int64_t k = 0; k < len; k += kLine) {
+    __builtin_prefetch(p + first + k, 1);
+    __builtin_prefetch(g + first + k, 0);
+  }
+}
+
+void chunk(const AdamwChunk& a) {
+  const int64_t bs = a.block_size, numel = a.numel;
+  const int64_t* blocks = a.blocks;
+  const int32_t* steps = a.steps;
+  WINNOW_ISA_DISPATCH_FLOATING_WITH_HALF(a.dtype, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto h = adamw::hyper<acc_t>(a.lr, a.beta1, a.beta2, a.weight_decay, a.eps, a.grad_scale);
+    auto* p = static_cast<scalar_t*>(a.param);
+    const auto* g = static_cast<const scalar_t*>(a.grad);
+    auto* m = static_cast<acc_t*>(a.exp_avg);
+    auto* v = static_cast<acc_t*>(a.exp_avg_sq);
+    auto* vmax = static_cast<acc_t*>(a.max_exp_avg_sq);
+    int32_t coeff_step = -1;  // blocks activated together share a step: compute pow() once
+    adamw::BlockCoeffs<acc_t> c{};
+    const int64_t last_block = (a.end + bs - 1) / bs;  // one past the last block this chunk touches
+    constexpr int64_t kAhead = 12;
+    adamw::dispatch_flags(a.amsgrad, a.maximize, [&](auto ams, auto maxi) {
+      for (int64_t pos = a.begin; pos < a.end;) {
+        const int64_t j = pos / bs;
+        // A run: following blocks that are also next in the parameter and share the step are
+        // contiguous on both sides, so they are one range (at density 1, the whole chunk).
+        int64_t j_end = j + 1;
+        while (j_end < last_block && blocks[j_end] == blocks[j_end - 1] + 1 && steps[j_end] == steps[j]) ++j_end;
+        if (j_end + kAhead < last_block) prefetch_block(p, g, blocks[j_end + kAhead] * bs, bs);
+        if (steps[j] != coeff_step) {
+          coeff_step = steps[j];
+          c = adamw::block_coeffs(h, coeff_step);
+        }
+        const int64_t run_end = std::min(a.end, j_end * bs);
+        const int64_t first = blocks[j] * bs + (pos - j * bs);  // param element of compact slot `pos`
+        const int64_t valid = std::min(run_end - pos, numel - first);  // the last block may be partial
+        update_range<decltype(ams)::value, decltype(maxi)::value>(p + first, g + first, m + pos, v + pos,
+                                                                  vmax ? vmax + pos : nullptr, valid, h, c);
+        pos = run_end;
+      }
+    });
+  });
+}
+
+WINNOW_REGISTER_ISA_KERNEL(masked_adamw_chunk, &chunk);
+
+}  // namespace
+}  // namespace winnow::cpu

@@ -1,0 +1,27 @@
+#pragma once
+// Per-instruction-set entry point of masked_adamw_step's CPU loop (csrc/cpu/isa.h): one chunk
+// of one tensor's compact state, [begin, end), with its blocks' parameter and gradient elements.
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "../isa.h"
+
+namespace winnow::cpu {
+
+struct AdamwChunk {
+  c10::ScalarType dtype;           // params and grads; the state is its op-math type
+  void* param;
+  const void* grad;
+  void *exp_avg, *exp_avg_sq, *max_exp_avg_sq;  // compact; max_exp_avg_sq is null without amsgrad
+  const int64_t* blocks;           // active block indices
+  const int32_t* steps;            // their step counts (already incremented)
+  int64_t block_size, numel;       // numel of the parameter (its last block may be partial)
+  int64_t begin, end;              // compact slots of this chunk
+  double lr, beta1, beta2, weight_decay, eps, grad_scale;
+  bool amsgrad, maximize;
+};
+
+extern Stub<void (*)(const AdamwChunk&)> masked_adamw_chunk;
+
+}  // namespace winnow::cpu
