@@ -9,14 +9,13 @@
 
 #include <algorithm>
 #include <array>
-#include <queue>
 
 #include "isa/topk_kernel.h"
 #include "multi_tensor.h"
 
 namespace winnow::cpu {
-Stub<uint32_t (*)(const float*, int64_t, uint32_t*)> tile_keys_float;
-Stub<uint64_t (*)(const double*, int64_t, uint64_t*)> tile_keys_double;
+Stub<uint32_t (*)(const float*, int64_t)> tile_max_key_float;
+Stub<uint64_t (*)(const double*, int64_t)> tile_max_key_double;
 }  // namespace winnow::cpu
 
 namespace winnow::topk {
@@ -120,8 +119,11 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
   return out;
 }
 
-// Small k (ID3 unmasks budget / total_steps entries per step): one pass, each thread keeping its
-// best k in a heap; a new entry only has to beat the heap's worst, so the loop is a compare.
+// Small k (ID3 unmasks budget / total_steps entries per step): one pass, each thread keeping a
+// buffer of candidates. Once a thread has k, only an entry above the k-th best key so far (the
+// cut) can matter, and a tile whose largest key is not above it is skipped after one vectorised
+// max; the buffer is cut back to its best k whenever it holds 2k, so even scores that rise
+// along the scan (every entry a candidate) cost O(1) each, not a heap's O(log k).
 // The threads' survivors are merged by (key desc, tensor asc, index asc): deterministic.
 template <typename scalar_t, typename key_t>
 std::vector<at::Tensor> select_small_k(at::TensorList scores, at::TensorList unmasked, int64_t k) {
@@ -132,47 +134,45 @@ std::vector<at::Tensor> select_small_k(at::TensorList scores, at::TensorList unm
       return key != o.key ? key > o.key : (tensor != o.tensor ? tensor < o.tensor : index < o.index);
     }
   };
+  struct Candidates {
+    std::vector<Entry> kept;
+    bool full = false;  // kept has been cut back to k at least once: `cut` is valid
+    key_t cut = 0;      // the k-th best key so far
+    void shrink(int64_t k) {
+      std::nth_element(kept.begin(), kept.begin() + (k - 1), kept.end());
+      kept.resize(k);
+      cut = kept[k - 1].key;  // the others are at least as good, so their keys are >= it
+      full = true;
+    }
+  };
   const size_t n = scores.size();
   std::vector<int64_t> numels(n);
   for (size_t i = 0; i < n; ++i) numels[i] = scores[i].numel();
-  // std::priority_queue with `<` = better keeps the worst kept entry on top.
-  std::vector<std::priority_queue<Entry>> best(at::get_num_threads());
-  const auto tile_keys = cpu::tile_keys_stub<scalar_t>().get();
+  std::vector<Candidates> per_thread(at::get_num_threads());
+  const auto tile_max_key = cpu::tile_max_key_stub<scalar_t>().get();
   cpu::for_each_chunk(numels, [&](const cpu::Chunk& ch) -> int64_t {
-    auto& heap = best[at::get_thread_num()];
+    Candidates& c = per_thread[at::get_thread_num()];
+    if (c.kept.capacity() == 0) c.kept.reserve(2 * k);
     const scalar_t* s = scores[ch.tensor].const_data_ptr<scalar_t>();
     const bool* skip = unmasked.empty() ? nullptr : unmasked[ch.tensor].const_data_ptr<bool>();
     const int64_t t = static_cast<int64_t>(ch.tensor);
     // A thread's chunks come in increasing (tensor, index) order, so an entry that only ties the
-    // heap's worst key is worse than it: "key > cut" is the whole test once the heap is full.
+    // cut is worse than the k kept ones: "key > cut" is the whole test once the thread has k.
     constexpr int64_t kTile = 256;
-    key_t keys[kTile];
     for (int64_t base = ch.begin; base < ch.end; base += kTile) {
       const int64_t len = std::min(kTile, ch.end - base);
-      const key_t tile_max = tile_keys(s + base, len, keys);
-      key_t cut = static_cast<int64_t>(heap.size()) < k ? key_t(0) : heap.top().key;
-      bool filling = static_cast<int64_t>(heap.size()) < k;
-      if (!filling && tile_max <= cut) continue;  // the common case once the heap is full
-      for (int64_t j = 0; j < len; ++j) {
-        if (!filling && keys[j] <= cut) continue;
-        const int64_t i = base + j;
-        if (skip != nullptr && skip[i]) continue;
-        if (filling) {
-          heap.push({keys[j], t, i});
-          filling = static_cast<int64_t>(heap.size()) < k;
-        } else {
-          heap.pop();
-          heap.push({keys[j], t, i});
-        }
-        if (!filling) cut = heap.top().key;
+      if (c.full && tile_max_key(s + base, len) <= c.cut) continue;  // the common case
+      for (int64_t i = base; i < base + len; ++i) {
+        const key_t key = order_key(s[i]);
+        if ((c.full && key <= c.cut) || (skip != nullptr && skip[i])) continue;
+        c.kept.push_back({key, t, i});
+        if (static_cast<int64_t>(c.kept.size()) == 2 * k) c.shrink(k);
       }
     }
     return 0;
   });
   std::vector<Entry> all;
-  for (auto& heap : best) {
-    for (; !heap.empty(); heap.pop()) all.push_back(heap.top());
-  }
+  for (auto& c : per_thread) all.insert(all.end(), c.kept.begin(), c.kept.end());
   const size_t keep = std::min<size_t>(k, all.size());
   std::partial_sort(all.begin(), all.begin() + keep, all.end());
   std::vector<std::vector<int64_t>> picked(n);

@@ -24,8 +24,9 @@ void update_range(scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* _
   }
 }
 
-// Sparse blocks sit at unpredictable addresses in the parameter and its gradient: fetch those of
-// a block a few runs ahead while this one computes (the compact state streams by itself).
+// Sparse blocks sit at unpredictable addresses in the parameter and its gradient, where the
+// hardware prefetchers cannot follow: fetch each block that starts a jump a fixed distance ahead
+// of the one being updated (the compact state streams by itself).
 template <typename scalar_t>
 inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, int64_t len) {
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
@@ -50,7 +51,8 @@ void chunk(const AdamwChunk& a) {
     int32_t coeff_step = -1;  // blocks activated together share a step: compute pow() once
     adamw::BlockCoeffs<acc_t> c{};
     const int64_t last_block = (a.end + bs - 1) / bs;  // one past the last block this chunk touches
-    constexpr int64_t kAhead = 12;
+    constexpr int64_t kAhead = 12;  // blocks
+    int64_t fetched = a.begin / bs;  // blocks before this one have been prefetched
     adamw::dispatch_flags(a.amsgrad, a.maximize, [&](auto ams, auto maxi) {
       for (int64_t pos = a.begin; pos < a.end;) {
         const int64_t j = pos / bs;
@@ -58,7 +60,12 @@ void chunk(const AdamwChunk& a) {
         // contiguous on both sides, so they are one range (at density 1, the whole chunk).
         int64_t j_end = j + 1;
         while (j_end < last_block && blocks[j_end] == blocks[j_end - 1] + 1 && steps[j_end] == steps[j]) ++j_end;
-        if (j_end + kAhead < last_block) prefetch_block(p, g, blocks[j_end + kAhead] * bs, bs);
+        for (const int64_t until = std::min(last_block, j_end + kAhead); fetched < until; ++fetched) {
+          // two blocks into a contiguous stretch the hardware streams it: prefetching costs more
+          const bool streamed = fetched >= 2 && blocks[fetched] == blocks[fetched - 1] + 1 &&
+                                blocks[fetched - 1] == blocks[fetched - 2] + 1;
+          if (!streamed) prefetch_block(p, g, blocks[fetched] * bs, bs);
+        }
         if (steps[j] != coeff_step) {
           coeff_step = steps[j];
           c = adamw::block_coeffs(h, coeff_step);
