@@ -23,6 +23,9 @@ TORCH_LIBRARY(winnow, m) {
   // masked_topk (csrc/include/winnow/masked_topk.h)
   m.def("masked_topk(Tensor[] scores, Tensor[] unmasked, int k) -> Tensor[]");
   m.def("_masked_topk_aten(Tensor[] scores, Tensor[] unmasked, int k) -> Tensor[]");  // masked_topk_aten.cpp
+  // ID3's selection from (param, grad) in one pass, CPU only (csrc/cpu/masked_topk.cpp)
+  m.def("_masked_topk_id3(Tensor[] params, Tensor[] grads, Tensor[] unmasked, int k, float eps, float exponent) "
+        "-> Tensor[]");
   // rank_prune (csrc/include/winnow/rank_prune.h)
   m.def(
       "rank_prune(Tensor(a!)[] lora_E, Tensor[] ipt_E, Tensor[] unc_E, Tensor[] ipt_A, Tensor[] unc_A, "

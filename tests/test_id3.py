@@ -43,6 +43,36 @@ def test_each_step_unmasks_the_brute_force_top_u():
             assert (after[p] | ~before[p]).all()  # masks only grow
 
 
+@pytest.mark.parametrize("budget", [47, 230])  # small k: the fused pass; large k: the radix select
+def test_the_fused_selection_and_the_stored_scores_choose_alike(budget):
+    """One element per unit on the CPU selects with ops.id3_topk (H inside the selection, no score
+    buffer); blocks and FSDP2 shards store scores first. Forced onto the second path, the same
+    run unmasks the same weights at every step and ends bit-identical, a non-finite gradient
+    included (it counts as H = 0 on both)."""
+    runs = []
+    for fused in (True, False):
+        model = net()
+        opt = winnow.ID3(model, budget=budget, total_steps=5, eps=1e-3, exponent=0.5, lr=0.05)
+        assert opt._fused
+        if not fused:
+            opt._fused = False
+            opt._scores = [torch.zeros_like(p) for p in opt._params]
+        masks = []
+        for step, batch in enumerate(batches(5)):
+            opt.zero_grad()
+            loss_of(model, batch).backward()
+            if step == 2:
+                model[0].weight.grad[0, :3] = torch.tensor([float("inf"), float("nan"), -float("inf")])
+            opt.step()
+            masks.append([m.clone() for m in opt.masks().values()])
+        runs.append((masks, [p.detach().clone() for p in model.parameters()]))
+    (masks_a, final_a), (masks_b, final_b) = runs
+    for a, b in zip(masks_a, masks_b):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for x, y in zip(final_a, final_b):  # (an unmasked weight that got the inf gradient is NaN in both)
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("budget, total_steps", [(3, 10), (10, 10), (60, 10), (1, 1)])
 @pytest.mark.parametrize("block_size", [1, 4])
 def test_final_count_equals_budget(budget, total_steps, block_size):

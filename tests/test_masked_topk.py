@@ -148,3 +148,73 @@ def test_aten_composed_path_matches_brute_force(device, dtype, frac):
     want = reference.masked_topk([s.cpu() for s in scores], [m.cpu() for m in masks], k)
     for g, w in zip(got, want):
         assert torch.equal(g.cpu(), w)
+
+
+# ---- id3_topk: ID3's selection, H computed inside it (one fused pass on the CPU) ----
+
+def id3_case(gen, sizes, dtype, mask_p):
+    params = [(torch.randint(-20, 20, (n,), generator=gen).double() / 8).to(dtype) for n in sizes]  # ties
+    grads = [(torch.randint(-20, 20, (n,), generator=gen).double() / 4).to(dtype) for n in sizes]
+    if sizes[-1] > 3:
+        grads[-1][0], grads[-1][1], params[-1][2] = float("inf"), float("nan"), float("nan")
+    masks = [torch.rand(n, generator=gen) < mask_p for n in sizes]
+    return params, grads, masks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sizes", [[1], [7, 1, 4097], [5000, 300, 70001, 2]])
+@pytest.mark.parametrize("frac", [0.0, 0.001, 0.01, 0.5, 1.0])  # small-k and large-k paths
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 0.5])
+def test_id3_topk_matches_its_reference_and_the_two_op_path(device, dtype, sizes, frac, exponent):
+    gen = torch.Generator().manual_seed(len(sizes))
+    params, grads, masks = id3_case(gen, sizes, dtype, 0.3)
+    candidates = sum(int((~m).sum()) for m in masks)
+    k = int(candidates * frac)
+    on = [[t.to(device) for t in lst] for lst in (params, grads, masks)]
+    got = ops.id3_topk(*on, k, eps=1e-3, exponent=exponent)
+    assert sum(g.numel() for g in got) == k
+    # the composition ID3 runs where there is no fused kernel: update into zeroed scores, select
+    scores = [torch.zeros(n, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
+              for n in sizes]
+    ops.importance_update_id3(on[0], on[1], scores, on[2], eps=1e-3, exponent=exponent, beta=0.0,
+                              nonfinite=torch.zeros(len(sizes), dtype=torch.int64, device=device))
+    two_op = ops.masked_topk(scores, on[2], k)
+    for g, w in zip(got, two_op):
+        assert torch.equal(g.cpu(), w.cpu())
+    if exponent != 0.5:  # a general power rounds like the C library's, not bit for bit like torch.pow
+        want = reference.id3_topk(params, grads, masks, k, eps=1e-3, exponent=exponent)
+        for g, w in zip(got, want):
+            assert torch.equal(g.cpu(), w)
+
+
+def test_id3_topk_without_masks_and_a_non_finite_h_counts_as_zero():
+    p = [torch.tensor([1.0, 1.0, 1.0, 1.0])]
+    g = [torch.tensor([float("inf"), 0.0, float("nan"), -2.0])]
+    # H = [inf -> 0, 0, nan -> 0, 2]: 2 first, then the three zeros by index
+    assert ops.id3_topk(p, g, None, 3, eps=0.0)[0].tolist() == [0, 1, 3]
+
+
+def test_id3_topk_bad_input_names_the_argument():
+    p, g = [torch.rand(5), torch.rand(3)], [torch.rand(5), torch.rand(3)]
+    with pytest.raises(ValueError, match=r"k must be in \[0, 8\]"):
+        ops.id3_topk(p, g, None, 9)
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
+        ops.id3_topk(p, [g[0], torch.rand(4)], None, 1)
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype"):
+        ops.id3_topk(p, [g[0].double(), g[1]], None, 1)
+    with pytest.raises(TypeError, match=r"params\[1\] is Double"):
+        ops.id3_topk([p[0], p[1].double()], [g[0], g[1].double()], None, 1)
+    with pytest.raises(ValueError, match=r"unmasked\[1\] has shape"):
+        ops.id3_topk(p, g, [torch.zeros(5, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)], 1)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        ops.id3_topk(p, g, None, 1, eps=float("nan"))
+    with pytest.raises(ValueError, match="params is an empty list"):
+        ops.id3_topk([], [], None, 0)
+
+
+def test_id3_topk_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    p = [torch.randn(50, generator=gen), torch.randn(3, 10, generator=gen)]
+    g = [torch.randn(50, generator=gen), torch.randn(3, 10, generator=gen)]
+    m = [torch.rand(50, generator=gen) < 0.5, torch.rand(3, 10, generator=gen) < 0.5]
+    torch.library.opcheck(torch.ops.winnow._masked_topk_id3.default, (p, g, m, 7, 1e-8, 1.0))

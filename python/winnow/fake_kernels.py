@@ -179,6 +179,30 @@ def _masked_topk_fake(scores, unmasked, k):
 torch.library.register_fake("winnow::_masked_topk_aten")(_masked_topk_fake)
 
 
+@torch.library.register_fake("winnow::_masked_topk_id3")
+def _masked_topk_id3_fake(params, grads, unmasked, k, eps, exponent):
+    op = "_masked_topk_id3"
+    torch._check_value(len(params) > 0, lambda: f"{op}: params is an empty list")
+    _one_device(op, params=params, grads=grads, unmasked=unmasked)
+    _lengths(op, "params", params, grads=grads, **({"unmasked": unmasked} if unmasked else {}))
+    wide = params[0].dtype == torch.float64
+    for i, (p, g) in enumerate(zip(params, grads)):
+        _float(op, f"params[{i}]", p)
+        _float(op, f"grads[{i}]", g)
+        _shape_of(op, f"grads[{i}]", g, f"params[{i}]", p)
+        torch._check_type(g.dtype == p.dtype, lambda: f"{op}: grads[{i}] has dtype {g.dtype} but params[{i}] has "
+                                                      f"dtype {p.dtype}")
+        torch._check_type((p.dtype == torch.float64) == wide,
+                          lambda: f"{op}: params[{i}] is {p.dtype} but params[0] is {params[0].dtype}")
+    for i, (m, p) in enumerate(zip(unmasked, params)):
+        torch._check_type(m.dtype == torch.bool, lambda: f"{op}: unmasked[{i}] must be a bool tensor")
+        _shape_of(op, f"unmasked[{i}]", m, f"params[{i}]", p)
+    total = sum(p.numel() for p in params)
+    torch._check_value(0 <= k <= total, lambda: f"{op}: k must be in [0, {total}], got {k}")
+    ctx = torch.library.get_ctx()
+    return [p.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for p in params]
+
+
 def _like_first(op: str, **named) -> Tensor:
     """Same-shaped elementwise inputs (checks::like_first): float, with the first one's dtype and shape."""
     (first_name, first), *_ = named.items()

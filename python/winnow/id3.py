@@ -149,9 +149,11 @@ class ID3(MaskedAdamW):
         self._offsets = [span.start // block_size for span in self._spans]  # first local unit, in the whole
         self._units = [(span.numel + block_size - 1) // block_size for span in self._spans]  # local units
         self._unmasked = [torch.zeros(n, dtype=torch.bool, device=p.device) for n, p in zip(self._units, self._params)]
-        self._scores = [torch.zeros(self._local(p).shape, dtype=stat_dtype(p.dtype),
-                                    device=p.device) for p in self._params]
-        self._nonfinite = torch.zeros(len(self._params), dtype=torch.int64, device=self._params[0].device)
+        # Unit scores only where the selection needs them stored (blocks, or shards): with one
+        # element per unit, ops.id3_topk computes H inside the selection.
+        self._fused = block_size == 1 and not self._sharded
+        self._scores = [] if self._fused else [
+            torch.zeros(self._local(p).shape, dtype=stat_dtype(p.dtype), device=p.device) for p in self._params]
         # (element indices in the whole parameter, their values before training), one entry per unmasking step
         self._initial = [[] for _ in self._params]
         self._initial_steps = [[] for _ in self._params]  # the step of each entry of _initial
@@ -192,33 +194,39 @@ class ID3(MaskedAdamW):
         if not idx:
             return none
         bs = self.id3_block_size
-        device = self._params[0].device
-        cnt = torch.zeros(len(idx), dtype=torch.int64, device=device)
         local = [self._local(self._params[i].detach()) for i in idx]
-        ops.importance_update_id3(
-            local, [self._local(self._params[i].grad) for i in idx],
-            [self._scores[i] for i in idx],
-            [self._unmasked[i].view(local[j].shape) for j, i in enumerate(idx)] if bs == 1 else None,
-            eps=self.id3_eps, exponent=self.id3_exponent, beta=0.0, nonfinite=cnt,
-        )
-        self._nonfinite[torch.tensor(idx, device=device)] += cnt
-        if bs == 1:
-            unit_scores = [self._scores[i].view(-1) for i in idx]
-        else:  # a block's score is the sum of its elements' H (the partial last block padded with 0)
-            unit_scores = []
-            for i in idx:
-                s = self._scores[i].view(-1)
-                pad = self._units[i] * bs - s.numel()
-                unit_scores.append(torch.nn.functional.pad(s, (0, pad)).view(-1, bs).sum(1))
+        grads = [self._local(self._params[i].grad) for i in idx]
         # host-side counts: no sync
         masked = sum(self.num_blocks(self._params[i]) - self._global_count[i] for i in idx)
         k = min(self.unmask_count_at(self.id3_step), masked)
         unmasked = [self._unmasked[i] for i in idx]
-        if self._sharded:
-            chosen, counts = sharded_topk(unit_scores, unmasked, [self._offsets[i] for i in idx], k)
-        else:
-            chosen = ops.masked_topk(unit_scores, unmasked, k)
+        if self._fused:
+            chosen = ops.id3_topk(local, grads, [m.view(t.shape) for m, t in zip(unmasked, local)], k,
+                                  eps=self.id3_eps, exponent=self.id3_exponent)
             counts = [c.numel() for c in chosen]
+        else:
+            # zeros first: a non-finite H (left untouched by the update) counts as 0, as in ops.id3_topk
+            for i in idx:
+                self._scores[i].zero_()
+            ops.importance_update_id3(
+                local, grads, [self._scores[i] for i in idx],
+                [self._unmasked[i].view(local[j].shape) for j, i in enumerate(idx)] if bs == 1 else None,
+                eps=self.id3_eps, exponent=self.id3_exponent, beta=0.0,
+                nonfinite=torch.zeros(len(idx), dtype=torch.int64, device=local[0].device),
+            )
+            if bs == 1:
+                unit_scores = [self._scores[i].view(-1) for i in idx]
+            else:  # a block's score is the sum of its elements' H (the partial last block padded with 0)
+                unit_scores = []
+                for i in idx:
+                    s = self._scores[i].view(-1)
+                    pad = self._units[i] * bs - s.numel()
+                    unit_scores.append(torch.nn.functional.pad(s, (0, pad)).view(-1, bs).sum(1))
+            if self._sharded:
+                chosen, counts = sharded_topk(unit_scores, unmasked, [self._offsets[i] for i in idx], k)
+            else:
+                chosen = ops.masked_topk(unit_scores, unmasked, k)
+                counts = [c.numel() for c in chosen]
         out = none
         for i, c, n in zip(idx, chosen, counts):
             out[i] = c

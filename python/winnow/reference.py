@@ -148,6 +148,22 @@ def masked_topk(scores, unmasked, k):
     return [torch.tensor(sorted(o), dtype=torch.int64) for o in out]
 
 
+def id3_topk(params, grads, unmasked, k, *, eps=1e-8, exponent=1.0):
+    """H = |g| / (|p| + eps) ** exponent in the statistics dtype, 0 where it is not finite, then
+    masked_topk's brute force."""
+    scores = []
+    for p, g in zip(params, grads):
+        acc = stat_dtype(p.dtype)
+        if exponent == 0:
+            h = g.to(acc).abs()
+        elif exponent == 1:
+            h = g.to(acc).abs() / (p.to(acc).abs() + eps)
+        else:
+            h = g.to(acc).abs() / (p.to(acc).abs() + eps) ** exponent
+        scores.append(torch.where(torch.isfinite(h), h, 0.0))
+    return masked_topk(scores, unmasked, k)
+
+
 def _act(kind: str, z: Tensor) -> Tensor:
     fns = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
            "tanh": torch.tanh, "sigmoid": torch.sigmoid}

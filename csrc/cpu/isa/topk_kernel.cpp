@@ -1,27 +1,61 @@
-// masked_topk's tile scan, compiled once per instruction set (csrc/cpu/isa.h); AVX2 and AVX-512
-// have the unsigned max it reduces with.
+// masked_topk's tile scans, compiled once per instruction set (csrc/cpu/isa.h); AVX2 and AVX-512
+// have the unsigned max they reduce with.
 #include "topk_kernel.h"
 
+#include <ATen/OpMathType.h>
+
+#include "winnow/importance_update.h"
 #include "winnow/order_key.h"
 
 namespace winnow::cpu {
 namespace {
 
-constexpr int64_t kMaxTile = 256;  // masked_topk's tile
-
-template <typename scalar_t, typename key_t>
-key_t tile_max_key(const scalar_t* __restrict s, int64_t len) {
-  // Two loops through an L1 buffer: GCC vectorises each, not the fused one (measured 5x slower).
-  key_t keys[kMaxTile];
-  len = len < kMaxTile ? len : kMaxTile;
-  for (int64_t j = 0; j < len; ++j) keys[j] = order_key(s[j]);
+// Two loops through the caller's L1 buffer: GCC vectorises each, not the fused one (measured 5x
+// slower when the keys are not stored).
+template <typename key_t>
+key_t max_key(const key_t* __restrict keys, int64_t len) {
   key_t top = 0;
   for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
   return top;
 }
 
-WINNOW_REGISTER_ISA_KERNEL(tile_max_key_float, (&tile_max_key<float, uint32_t>));
-WINNOW_REGISTER_ISA_KERNEL(tile_max_key_double, (&tile_max_key<double, uint64_t>));
+template <typename scalar_t, typename key_t>
+key_t tile_keys(const scalar_t* __restrict s, int64_t len, key_t* __restrict keys) {
+  for (int64_t j = 0; j < len; ++j) keys[j] = order_key(s[j]);
+  return max_key(keys, len);
+}
+
+template <importance::Exponent E, typename scalar_t, typename acc_t, typename key_t>
+void id3_keys(const scalar_t* __restrict p, const scalar_t* __restrict g, const bool* __restrict skip, int64_t len,
+              const importance::Id3Coeffs<acc_t> c, key_t* __restrict keys) {
+  for (int64_t j = 0; j < len; ++j) {
+    const acc_t h = importance::id3_importance<E>(static_cast<acc_t>(p[j]), static_cast<acc_t>(g[j]), c);
+    keys[j] = order_key(is_finite(h) ? h : acc_t(0));
+  }
+  if (skip != nullptr) {
+    const auto* done = reinterpret_cast<const uint8_t*>(skip);
+    for (int64_t j = 0; j < len; ++j) keys[j] = done[j] ? key_t(0) : keys[j];
+  }
+}
+
+template <typename key_t>
+key_t id3_tile_keys(const Id3Tile& t, key_t* keys) {
+  WINNOW_ISA_DISPATCH_FLOATING_WITH_HALF(t.dtype, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if constexpr (sizeof(acc_t) == sizeof(key_t)) {  // the launcher pairs float keys with float math
+      importance::dispatch_exponent(t.exponent, [&](auto kind) {
+        id3_keys<decltype(kind)::value>(static_cast<const scalar_t*>(t.param), static_cast<const scalar_t*>(t.grad),
+                                         t.skip, t.len, importance::id3_coeffs<acc_t>(t.eps, t.exponent, 0.0), keys);
+      });
+    }
+  });
+  return max_key(keys, t.len);
+}
+
+WINNOW_REGISTER_ISA_KERNEL(tile_keys_float, (&tile_keys<float, uint32_t>));
+WINNOW_REGISTER_ISA_KERNEL(tile_keys_double, (&tile_keys<double, uint64_t>));
+WINNOW_REGISTER_ISA_KERNEL(id3_tile_keys_float, (&id3_tile_keys<uint32_t>));
+WINNOW_REGISTER_ISA_KERNEL(id3_tile_keys_double, (&id3_tile_keys<uint64_t>));
 
 }  // namespace
 }  // namespace winnow::cpu

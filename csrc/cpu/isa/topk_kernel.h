@@ -1,22 +1,50 @@
 #pragma once
-// Per-instruction-set entry point (csrc/cpu/isa.h) of masked_topk's scan: the largest order key
-// (winnow/order_key.h) of a tile of at most 256 scores, for float and for double scores.
+// Per-instruction-set entry points (csrc/cpu/isa.h) of masked_topk's scan: the order keys
+// (winnow/order_key.h) of a tile of at most kTopkTile entries and their maximum, from scores, or
+// from ID3's importance H computed on the fly from (param, grad) (_masked_topk_id3).
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 
 #include "../isa.h"
 
 namespace winnow::cpu {
 
-extern Stub<uint32_t (*)(const float* scores, int64_t len)> tile_max_key_float;
-extern Stub<uint64_t (*)(const double* scores, int64_t len)> tile_max_key_double;
+constexpr int64_t kTopkTile = 256;
 
-// The stub for scores of type T.
-template <typename T>
-const auto& tile_max_key_stub() {
-  if constexpr (sizeof(T) == 4) {
-    return tile_max_key_float;
+extern Stub<uint32_t (*)(const float* scores, int64_t len, uint32_t* keys)> tile_keys_float;
+extern Stub<uint64_t (*)(const double* scores, int64_t len, uint64_t* keys)> tile_keys_double;
+
+// H = |g| / (|p| + eps)^exponent of `len` elements in the op-math type of `dtype` (float keys
+// for float, half and bfloat16 parameters, double keys for double ones); a non-finite H counts
+// as 0 (as if the gradient were zero); an entry with skip[j] set (already unmasked) gets NaN's
+// key, the lowest.
+struct Id3Tile {
+  c10::ScalarType dtype;
+  const void *param, *grad;
+  const bool* skip;  // or null
+  int64_t len;
+  double eps, exponent;
+};
+
+extern Stub<uint32_t (*)(const Id3Tile& tile, uint32_t* keys)> id3_tile_keys_float;
+extern Stub<uint64_t (*)(const Id3Tile& tile, uint64_t* keys)> id3_tile_keys_double;
+
+// The stubs for keys of type K.
+template <typename K>
+const auto& tile_keys_stub() {
+  if constexpr (sizeof(K) == 4) {
+    return tile_keys_float;
   } else {
-    return tile_max_key_double;
+    return tile_keys_double;
+  }
+}
+template <typename K>
+const auto& id3_tile_keys_stub() {
+  if constexpr (sizeof(K) == 4) {
+    return id3_tile_keys_float;
+  } else {
+    return id3_tile_keys_double;
   }
 }
 

@@ -72,3 +72,44 @@ inline void check_topk(at::TensorList scores, at::TensorList unmasked, int64_t k
 }
 
 }  // namespace winnow::topk
+
+// ---- _masked_topk_id3: ID3's selection from (param, grad) without a score buffer (CPU) ----
+#include <cmath>
+
+namespace winnow::topk {
+
+struct Id3Inputs {
+  std::vector<at::Tensor> grads;  // contiguous
+};
+
+inline Id3Inputs check_topk_id3(at::TensorList params, at::TensorList grads, at::TensorList unmasked, int64_t k,
+                                double eps, double exponent) {
+  const char* op = "_masked_topk_id3";
+  checks::nonempty(op, "params", params.size());
+  checks::same_length(op, "grads", grads.size(), "params", params.size());
+  const at::Device device = params[0].device();
+  const bool wide = params[0].defined() && params[0].scalar_type() == at::kDouble;
+  int64_t total = 0;
+  Id3Inputs in;
+  for (size_t i = 0; i < params.size(); ++i) {
+    checks::float_input(op, "params", i, params[i]);
+    checks::float_input(op, "grads", i, grads[i]);
+    checks::same_device(op, "params", i, params[i], device);
+    checks::matches(op, "grads", i, grads[i], "params", params[i]);
+    TORCH_CHECK_TYPE(grads[i].scalar_type() == params[i].scalar_type(), op, ": grads[", i, "] has dtype ",
+                     grads[i].scalar_type(), " but params[", i, "] has dtype ", params[i].scalar_type());
+    TORCH_CHECK_TYPE((params[i].scalar_type() == at::kDouble) == wide, op, ": params[", i, "] is ",
+                     params[i].scalar_type(), " but params[0] is ", params[0].scalar_type(),
+                     " (float64 parameters cannot share a call with narrower ones: one key width per call)");
+    TORCH_CHECK_VALUE(params[i].is_contiguous(), op, ": params[", i, "] must be contiguous");
+    in.grads.push_back(grads[i].contiguous());
+    total += params[i].numel();
+  }
+  checks::optional_masks(op, "unmasked", unmasked, "params", params);
+  TORCH_CHECK_VALUE(k >= 0 && k <= total, op, ": k must be in [0, ", total, "], got ", k);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op, ": eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK_VALUE(std::isfinite(exponent), op, ": exponent must be finite, got ", exponent);
+  return in;
+}
+
+}  // namespace winnow::topk

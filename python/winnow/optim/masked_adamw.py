@@ -97,10 +97,19 @@ class MaskedAdamW(torch.optim.Optimizer):
     # ---- block bookkeeping ----
 
     def _group_of(self, param: Tensor) -> dict:
-        for group in self.param_groups:
-            if any(p is param for p in group["params"]):
-                return group
-        raise ValueError("param is not managed by this optimizer")
+        # A scan of every group's params costs O(params) per call, and ID3 asks for each parameter
+        # it grows every step: a map from id(param), rebuilt when the groups change (a group dict
+        # replaced, as load_state_dict does, or one added).
+        cache = getattr(self, "_group_cache", None)
+        group = None if cache is None else cache.get(id(param))
+        if group is None or not any(group is g for g in self.param_groups) or len(cache) != sum(
+                len(g["params"]) for g in self.param_groups):
+            cache = {id(p): g for g in self.param_groups for p in g["params"]}
+            self._group_cache = cache
+            group = cache.get(id(param))
+        if group is None:
+            raise ValueError("param is not managed by this optimizer")
+        return group
 
     def block_size_of(self, param: Tensor) -> int:
         """Elements per block of `param` (its numel for block_size='tensor')."""
