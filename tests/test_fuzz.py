@@ -218,6 +218,27 @@ def test_masked_topk(device, data):
 
 
 @FUZZ
+@given(st.data(), st.booleans(), st.sampled_from([0.0, 1.0]))
+def test_id3_topk(device, data, with_mask, exponent):
+    dtype, _, params, grads = draw_params_and_grads(data, device)
+    masks = [(torch.rand(p.shape) < 0.3).to(device) for p in params] if with_mask else None
+    k = data.draw(st.integers(-1, 12))
+    total = sum(p.numel() for p in params)
+    if k < 0 or k > total:
+        with pytest.raises(ValueError, match="k must be in"):
+            ops.id3_topk([p.contiguous() for p in params], grads, masks, k, exponent=exponent)
+        return
+    if torch.device(device).type == "cpu" and not all(p.is_contiguous() for p in params):  # contiguous params (CPU)
+        with pytest.raises(ValueError, match=r"params\[\d\] must be contiguous"):
+            ops.id3_topk(params, grads, masks, k, exponent=exponent)
+        params = [p.contiguous() for p in params]
+    got = ops.id3_topk(params, grads, masks, k, eps=1e-6, exponent=exponent)
+    want = reference.id3_topk(cpu(params), cpu(grads), masks and cpu(masks), k, eps=1e-6, exponent=exponent)
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b), (a, b)
+
+
+@FUZZ
 @given(st.data())
 def test_importance_score(device, data):
     n = data.draw(st.integers(1, 3))
