@@ -247,10 +247,15 @@ class ID3(MaskedAdamW):
             new = new.to(p.device)
             bs = self.id3_block_size
             flat = shards.local_flat(p.detach())
-            elems = (new[:, None] * bs + torch.arange(bs, device=p.device)).view(-1)
-            elems = elems[elems < flat.numel()]
+            if bs == 1:  # units are elements (a step touches dozens of tensors: few ops each)
+                elems = new
+            else:
+                elems = (new[:, None] * bs + torch.arange(bs, device=p.device)).view(-1)
+                elems = elems[elems < flat.numel()]
+            start = self._spans[i].start
             # kept on the device: a .cpu() here would sync every step; save_sparse moves them once
-            self._initial[i].append((elems + self._spans[i].start, flat[elems].clone()))
+            # (indexing with a tensor copies: the values stay those from before this step)
+            self._initial[i].append((elems + start if start else elems, flat[elems]))
             self._initial_steps[i].append(self.id3_step)
             self._unmasked[i][new] = True
             self._count[i] += new.numel()
