@@ -165,15 +165,21 @@ def _masked_topk_fake(scores, unmasked, k):
     for i, s in enumerate(scores):
         torch._check_type(s.dtype == dtype, lambda: f"{op}: scores[{i}] has dtype {s.dtype} but scores[0] has "
                                                      f"{dtype} (one dtype per call)")
+    return _selection(op, "scores", scores, unmasked, k)
+
+
+def _selection(op: str, name: str, tensors, unmasked, k):
+    """A top-k's masks (optional, one bool tensor shaped like each of `tensors`), k's range, and
+    its outputs: one int64 index tensor per tensor, of data-dependent length."""
     if unmasked:
-        _lengths(op, "scores", scores, unmasked=unmasked)
-        for i, (m, s) in enumerate(zip(unmasked, scores)):
+        _lengths(op, name, tensors, unmasked=unmasked)
+        for i, (m, t) in enumerate(zip(unmasked, tensors)):
             torch._check_type(m.dtype == torch.bool, lambda: f"{op}: unmasked[{i}] must be a bool tensor")
-            _shape_of(op, f"unmasked[{i}]", m, f"scores[{i}]", s)
-    total = sum(s.numel() for s in scores)
+            _shape_of(op, f"unmasked[{i}]", m, f"{name}[{i}]", t)
+    total = sum(t.numel() for t in tensors)
     torch._check_value(0 <= k <= total, lambda: f"{op}: k must be in [0, {total}], got {k}")
     ctx = torch.library.get_ctx()
-    return [s.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for s in scores]
+    return [t.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for t in tensors]
 
 
 torch.library.register_fake("winnow::_masked_topk_aten")(_masked_topk_fake)
@@ -184,7 +190,7 @@ def _masked_topk_id3_fake(params, grads, unmasked, k, eps, exponent):
     op = "_masked_topk_id3"
     torch._check_value(len(params) > 0, lambda: f"{op}: params is an empty list")
     _one_device(op, params=params, grads=grads, unmasked=unmasked)
-    _lengths(op, "params", params, grads=grads, **({"unmasked": unmasked} if unmasked else {}))
+    _lengths(op, "params", params, grads=grads)
     wide = params[0].dtype == torch.float64
     for i, (p, g) in enumerate(zip(params, grads)):
         _float(op, f"params[{i}]", p)
@@ -194,13 +200,7 @@ def _masked_topk_id3_fake(params, grads, unmasked, k, eps, exponent):
                                                       f"dtype {p.dtype}")
         torch._check_type((p.dtype == torch.float64) == wide,
                           lambda: f"{op}: params[{i}] is {p.dtype} but params[0] is {params[0].dtype}")
-    for i, (m, p) in enumerate(zip(unmasked, params)):
-        torch._check_type(m.dtype == torch.bool, lambda: f"{op}: unmasked[{i}] must be a bool tensor")
-        _shape_of(op, f"unmasked[{i}]", m, f"params[{i}]", p)
-    total = sum(p.numel() for p in params)
-    torch._check_value(0 <= k <= total, lambda: f"{op}: k must be in [0, {total}], got {k}")
-    ctx = torch.library.get_ctx()
-    return [p.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for p in params]
+    return _selection(op, "params", params, unmasked, k)
 
 
 def _like_first(op: str, **named) -> Tensor:
