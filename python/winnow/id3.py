@@ -152,6 +152,10 @@ class ID3(MaskedAdamW):
         # Unit scores only where the selection needs them stored (blocks, or shards): with one
         # element per unit, ops.id3_topk computes H inside the selection.
         self._fused = block_size == 1 and not self._sharded
+        # one unit per element: the masks shaped like their parameters, as the kernels take them
+        # (views, so they follow every in-place change)
+        self._unmasked_shaped = [m.view(self._local(p).shape) for m, p in zip(self._unmasked, self._params)
+                                 ] if block_size == 1 else None
         self._scores = [] if self._fused else [
             torch.zeros(self._local(p).shape, dtype=stat_dtype(p.dtype), device=p.device) for p in self._params]
         # (element indices in the whole parameter, their values before training), one entry per unmasking step
@@ -189,19 +193,19 @@ class ID3(MaskedAdamW):
     @torch.no_grad()
     def _select(self) -> list[Tensor]:
         """Score the masked units and return the newly unmasked unit indices of each parameter."""
-        none = [torch.zeros(0, dtype=torch.int64) for _ in self._params]
+        none = [torch.zeros(0, dtype=torch.int64)] * len(self._params)
         idx = [i for i, p in enumerate(self._params) if p.grad is not None]
         if not idx:
             return none
         bs = self.id3_block_size
-        local = [self._local(self._params[i].detach()) for i in idx]
+        local = [self._local(self._params[i]) for i in idx]  # (no_grad: no detach needed)
         grads = [self._local(self._params[i].grad) for i in idx]
         # host-side counts: no sync
         masked = sum(self.num_blocks(self._params[i]) - self._global_count[i] for i in idx)
         k = min(self.unmask_count_at(self.id3_step), masked)
         unmasked = [self._unmasked[i] for i in idx]
         if self._fused:
-            chosen = ops.id3_topk(local, grads, [m.view(t.shape) for m, t in zip(unmasked, local)], k,
+            chosen = ops.id3_topk(local, grads, [self._unmasked_shaped[i] for i in idx], k,
                                   eps=self.id3_eps, exponent=self.id3_exponent)
             counts = [c.numel() for c in chosen]
         else:
@@ -210,7 +214,7 @@ class ID3(MaskedAdamW):
                 self._scores[i].zero_()
             ops.importance_update_id3(
                 local, grads, [self._scores[i] for i in idx],
-                [self._unmasked[i].view(local[j].shape) for j, i in enumerate(idx)] if bs == 1 else None,
+                [self._unmasked_shaped[i] for i in idx] if bs == 1 else None,
                 eps=self.id3_eps, exponent=self.id3_exponent, beta=0.0,
                 nonfinite=torch.zeros(len(idx), dtype=torch.int64, device=local[0].device),
             )
