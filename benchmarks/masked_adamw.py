@@ -1,6 +1,7 @@
 """masked_adamw_step benchmark: MaskedAdamW at several densities vs torch's AdamW (fused, foreach).
 
-Default case (the MaskedAdamW issue's): 16M float32 parameters in 16 tensors, block size 64.
+Default case (the MaskedAdamW issue's): 16M float32 parameters in 16 tensors, block sizes 64 and
+256, active blocks drawn at random or as one contiguous run per tensor (the first blocks).
 The floor is 28 B per active parameter (read p, g, m, v; write p, m, v).
 """
 import torch
@@ -19,23 +20,31 @@ def _params(device, num_tensors, per):
     return params
 
 
-def run(device: torch.device, num_tensors: int = 16, total_elements: int = 16 << 20, block_size: int = 64,
-        densities=(1.0, 0.5, 0.1, 0.01), rounds: int = 15) -> dict:
+def _mask(nb: int, density: float, pattern: str, gen: torch.Generator) -> torch.Tensor:
+    if pattern == "random":
+        return torch.rand(nb, generator=gen) < density
+    return torch.arange(nb) < round(nb * density)  # one run of blocks at the start of the tensor
+
+
+def run(device: torch.device, num_tensors: int = 16, total_elements: int = 16 << 20, block_sizes=(64, 256),
+        densities=(1.0, 0.5, 0.1, 0.01), patterns=("random", "contiguous"), rounds: int = 15) -> dict:
     per = total_elements // num_tensors
     n = per * num_tensors
     optimizers = {}
     for kind in ("fused", "foreach"):
         ps = _params(device, num_tensors, per)
         optimizers[f"torch AdamW {kind}"] = (torch.optim.AdamW(ps, lr=1e-4, **{kind: True}), 1.0)
-    for d in densities:
-        ps = _params(device, num_tensors, per)
-        opt = MaskedAdamW(ps, lr=1e-4, block_size=block_size)
-        if d < 1.0:
-            gen = torch.Generator().manual_seed(1)
-            for p in ps:
-                nb = opt.num_blocks(p)
-                opt.set_mask(p, (torch.rand(nb, generator=gen) < d).to(device))
-        optimizers[f"winnow density {d:g}"] = (opt, d)
+    for bs in block_sizes:
+        for d in densities:
+            for pattern in (patterns if d < 1.0 else patterns[:1]):
+                ps = _params(device, num_tensors, per)
+                opt = MaskedAdamW(ps, lr=1e-4, block_size=bs)
+                if d < 1.0:
+                    gen = torch.Generator().manual_seed(1)
+                    for p in ps:
+                        opt.set_mask(p, _mask(opt.num_blocks(p), d, pattern, gen).to(device))
+                label = f"winnow bs {bs} density {d:g}" + (f" {pattern}" if d < 1.0 else "")
+                optimizers[label] = (opt, d)
     samples = harness.time_interleaved({k: o.step for k, (o, _) in optimizers.items()}, device, rounds=rounds)
     copy_gbs = harness.copy_bandwidth(device)
     base = samples["torch AdamW fused"]
@@ -67,7 +76,8 @@ def run(device: torch.device, num_tensors: int = 16, total_elements: int = 16 <<
     cols = ["optimizer", "density", "ms", "time vs fused", "state MB", "state vs dense", "GB/s @28B/active",
             "% of copy BW"]
     header = (
-        f"masked_adamw_step: {num_tensors} tensors x {per} = {n} float32 params, block size {block_size}, on "
+        f"masked_adamw_step: {num_tensors} tensors x {per} = {n} float32 params, block sizes "
+        f"{'/'.join(map(str, block_sizes))}, random or contiguous active blocks, on "
         f"{harness.device_name(device)}\nmeasured copy bandwidth {copy_gbs:.1f} GB/s (read+write); "
         f"'time vs fused' = step time / torch AdamW(fused=True) step time, paired per round"
     )
