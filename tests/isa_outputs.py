@@ -58,6 +58,10 @@ def outputs() -> dict:
             ops.importance_update_id3(ps, gs, scores, masks if exponent != 1.0 else None, eps=1e-6,
                                       exponent=exponent, beta=0.5, nonfinite=bad)
             out[f"id3-{d}-{exponent}"] = [scores, bad]
+        # id3_topk: the fused selection (small k) and the stored-score one (large k)
+        for exponent in (0.0, 1.0, 0.5):
+            out[f"id3_topk-{d}-{exponent}"] = [
+                ops.id3_topk(ps, gs, masks, k, eps=1e-6, exponent=exponent) for k in (3, 30000)]
         # oba_score_accumulate
         acc = [torch.zeros(n, dtype=torch.float64) for n in SIZES]
         ops.oba_score_accumulate(ps, gs, acc)
