@@ -79,8 +79,30 @@ std::vector<at::Tensor> masked_topk_aten(at::TensorList scores, at::TensorList u
   return out;
 }
 
+// _masked_topk_id3 off the CPU (whose kernel is fused, csrc/cpu/masked_topk.cpp): H by ATen ops,
+// in the statistics dtype, 0 where it is not finite, then the selection above.
+std::vector<at::Tensor> masked_topk_id3_aten(at::TensorList params, at::TensorList grads, at::TensorList unmasked,
+                                             int64_t k, double eps, double exponent) {
+  const Id3Inputs in = check_topk_id3(params, grads, unmasked, k, eps, exponent);
+  std::vector<at::Tensor> scores, masks;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::ScalarType acc = checks::stat_dtype(params[i].scalar_type());
+    at::Tensor h = in.grads[i].to(acc).abs();
+    if (exponent != 0.0) {
+      at::Tensor d = params[i].to(acc).abs() + eps;
+      h = h / (exponent == 1.0 ? d : d.pow(exponent));
+    }
+    scores.push_back(at::where(at::isfinite(h), h, at::zeros({}, h.options())).reshape(-1));
+    if (!unmasked.empty()) masks.push_back(unmasked[i].reshape(-1));
+  }
+  return masked_topk_aten(scores, masks, k);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(winnow, CompositeExplicitAutograd, m) { m.impl("_masked_topk_aten", &masked_topk_aten); }
+TORCH_LIBRARY_IMPL(winnow, CompositeExplicitAutograd, m) {
+  m.impl("_masked_topk_aten", &masked_topk_aten);
+  m.impl("_masked_topk_id3", &masked_topk_id3_aten);
+}
 
 }  // namespace winnow::topk

@@ -218,3 +218,19 @@ def test_id3_topk_opcheck():
     g = [torch.randn(50, generator=gen), torch.randn(3, 10, generator=gen)]
     m = [torch.rand(50, generator=gen) < 0.5, torch.rand(3, 10, generator=gen) < 0.5]
     torch.library.opcheck(torch.ops.winnow._masked_topk_id3.default, (p, g, m, 7, 1e-8, 1.0))
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0])
+@pytest.mark.parametrize("frac", [0.001, 0.5])
+def test_id3_topk_aten_composition_matches_the_fused_kernel(exponent, frac):
+    """_masked_topk_id3's ATen composition (what serves devices without a kernel of their own),
+    reached on the CPU by redispatching past the CPU kernel."""
+    gen = torch.Generator().manual_seed(3)
+    params, grads, masks = id3_case(gen, [7, 4097, 70001], torch.float32, 0.3)
+    k = int(sum(int((~m).sum()) for m in masks) * frac)
+    op = torch.ops.winnow._masked_topk_id3.default
+    composite = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    fused = op(params, grads, masks, k, 1e-3, exponent)
+    composed = op.redispatch(composite, params, grads, masks, k, 1e-3, exponent)
+    for a, b in zip(fused, composed):
+        assert torch.equal(a, b)
