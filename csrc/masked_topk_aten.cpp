@@ -7,6 +7,7 @@
 // every entry above v* is taken, plus the first entries equal to v* in (tensor, index) order.
 // One host sync (the per-tensor counts).
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -79,23 +80,25 @@ std::vector<at::Tensor> masked_topk_aten(at::TensorList scores, at::TensorList u
   return out;
 }
 
-// _masked_topk_id3 off the CPU (whose kernel is fused, csrc/cpu/masked_topk.cpp): H by ATen ops,
-// in the statistics dtype, 0 where it is not finite, then the selection above.
+// _masked_topk_id3 off the CPU (whose kernel is fused, csrc/cpu/masked_topk.cpp): H by the
+// backend's own importance_update_id3 (its math, winnow/importance_update.h) into zeroed scores,
+// which a non-finite H leaves at 0, then the selection above.
 std::vector<at::Tensor> masked_topk_id3_aten(at::TensorList params, at::TensorList grads, at::TensorList unmasked,
                                              int64_t k, double eps, double exponent) {
-  const Id3Inputs in = check_topk_id3(params, grads, unmasked, k, eps, exponent);
-  std::vector<at::Tensor> scores, masks;
+  check_topk_id3(params, grads, unmasked, k, eps, exponent);
+  static const auto update = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("winnow::importance_update_id3", "")
+                                 .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
+                                             double, double, const at::Tensor&)>();
+  std::vector<at::Tensor> scores, flat_scores, flat_masks;
   for (size_t i = 0; i < params.size(); ++i) {
-    const at::ScalarType acc = checks::stat_dtype(params[i].scalar_type());
-    at::Tensor h = in.grads[i].to(acc).abs();
-    if (exponent != 0.0) {
-      at::Tensor d = params[i].to(acc).abs() + eps;
-      h = h / (exponent == 1.0 ? d : d.pow(exponent));
-    }
-    scores.push_back(at::where(at::isfinite(h), h, at::zeros({}, h.options())).reshape(-1));
-    if (!unmasked.empty()) masks.push_back(unmasked[i].reshape(-1));
+    scores.push_back(at::zeros(params[i].sizes(), params[i].options().dtype(checks::stat_dtype(params[i].scalar_type()))));
+    flat_scores.push_back(scores.back().view(-1));
+    if (!unmasked.empty()) flat_masks.push_back(unmasked[i].reshape(-1));
   }
-  return masked_topk_aten(scores, masks, k);
+  const at::Tensor skipped = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
+  update.call(params, grads, scores, unmasked, eps, exponent, 0.0, skipped);
+  return masked_topk_aten(flat_scores, flat_masks, k);
 }
 
 }  // namespace
