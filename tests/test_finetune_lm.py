@@ -212,3 +212,6 @@ def test_ist_decoder_memory_benchmark_runs_the_demo_loop(tiny_lm, checkpointing)
     ist = ist_decoder.measure("ist", "drop", checkpointing, "cpu", 3, argv)
     assert lora["peak MB"] >= 0 and lora["saved+grads+state MB"] > 0
     assert ist["saved+grads+state MB"] < lora["saved+grads+state MB"]
+    # the live-tensor peak (the profiler's allocation events): the step's tensors are in it
+    allocated = ist_decoder.measure("lora", "keep", checkpointing, "cpu", 3, argv, allocated=True)
+    assert allocated["peak MB"] > 0

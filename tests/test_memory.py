@@ -43,3 +43,16 @@ def test_peak_memory_sees_a_block_that_is_freed_before_exit(device):
         assert pm.peak_bytes == block
     else:
         assert block - (8 << 20) <= pm.peak_bytes < 2 * block, pm.peak_bytes / 2**20
+
+
+def test_allocated_peak_counts_live_tensor_bytes_exactly_on_the_cpu():
+    """allocated=True: the largest sum of tensors allocated in the block and alive at once (here
+    a and b, 8 MiB; c comes after a is freed), not RSS; a tensor older than the block and freed
+    inside it does not lower the count."""
+    older = torch.ones(1 << 18)
+    with PeakMemory("cpu", allocated=True) as pm:
+        a, b = torch.ones(1 << 20), torch.ones(1 << 20)
+        del a, older
+        c = torch.ones(1 << 19)
+        del b, c
+    assert pm.peak_bytes == 8 << 20

@@ -1,5 +1,5 @@
-"""Peak host memory of a block of code: the rise of the process's resident set above where it
-stood on entry, sampled by a background thread.
+"""Peak memory of a block of code: the rise of the process's resident set above where it stood on
+entry, sampled by a background thread, or (`allocated=True`) the peak of live tensor bytes.
 
 CPU tensors have no allocator statistics, so RSS is what there is. Two things make it track live
 tensor bytes: inside the block glibc's mmap threshold is pinned at 1 MiB (blocks above it are
@@ -46,14 +46,27 @@ def rss_bytes() -> int:
 
 class PeakMemory:
     """`with PeakMemory(device) as pm: ...`, then `pm.peak_bytes`: the most memory in use above
-    the level on entry (host RSS sampled every `interval` s, or torch.cuda's peak allocated)."""
+    the level on entry (host RSS sampled every `interval` s, or torch.cuda's peak allocated).
 
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 2e-4):
+    `allocated=True` on the CPU: instead of RSS, the peak of tensor bytes allocated inside the
+    block and not yet freed, the host's analogue of torch.cuda.max_memory_allocated (a GPU
+    user's peak), from torch.profiler's allocation and free events summed in time order. The
+    allocator's overhead, the heap's fragmentation and non-tensor memory are not in it, and
+    neither are frees of tensors older than the block (the profiler never saw their size): enter
+    it before the memory to be measured exists. The profiler slows the block a little."""
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 2e-4, allocated: bool = False):
         self.device = torch.device(device)
         self.interval = interval
+        self.allocated = allocated
         self.peak_bytes = 0
 
     def __enter__(self):
+        if self.device.type == "cpu" and self.allocated:
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                    profile_memory=True)
+            self._profiler.__enter__()
+            return self
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -78,11 +91,28 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
             return False
+        if self.allocated:
+            self._profiler.__exit__(*exc)
+            self.peak_bytes = _allocated_peak(self._profiler)
+            return False
         self._stop.set()
         self._thread.join()
         self.peak_bytes = max(self._max, rss_bytes()) - self._base
         _pin_mmap_threshold(32 << 20)
         return False
+
+
+def _allocated_peak(prof) -> int:
+    """The largest running sum of a profile's CPU allocation (+) and free (-) events: the peak
+    rise of live tensor bytes over the level where the profile began."""
+    events = prof.profiler.kineto_results.events()
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 class TrainingMemory:
