@@ -185,6 +185,43 @@ def test_prune_a_failing_method_keeps_the_finished_runs(image_folder, tmp_path, 
         assert rows[method]["runs"] == "1/1" and 0 <= rows[method]["acc fine-tuned"] <= 1
 
 
+@pytest.mark.slow
+def test_prune_resume_runs_only_what_is_missing(image_folder, tmp_path, monkeypatch, capsys):
+    """A study in pieces: --resume keeps the finished runs of --json (the failed one is run again),
+    retrains the dense model of a seed with runs left, and skips a seed whose runs are all kept."""
+    from winnow.demo import prune
+
+    finished, calls, interrupted = prune.prune_and_finetune, [], [True]
+
+    def counting(model, method, target, score_batches, data, args, seed):
+        calls.append((seed, method))
+        if method == "taylor" and interrupted[0]:
+            raise RuntimeError("interrupted (simulated)")
+        return finished(model, method, target, score_batches, data, args, seed)
+
+    monkeypatch.setattr(prune, "prune_and_finetune", counting)
+    out = tmp_path / "prune.json"
+    argv = ["prune", "--model", "nets:tiny_cnn", "--data", str(image_folder), "--image-size", "12", "--targets",
+            "0.5", "--epochs", "0.5", "--finetune-steps", "1", "--batch-size", "8", "--score-batches", "1",
+            "--seeds", "0", "1", "--quiet", "--json", str(out), "--plot", ""]
+    assert cli.main([*argv, "--methods", "magnitude", "taylor"]) == 1  # taylor fails on both seeds
+    first = {(r["seed"], r["method"]): r for r in json.loads(out.read_text())["runs"]}
+    calls.clear()
+    interrupted[0] = False
+    assert cli.main([*argv, "--methods", "magnitude", "taylor", "oba-fisher", "--resume"]) == 0
+    assert sorted(calls) == [(0, "oba-fisher"), (0, "taylor"), (1, "oba-fisher"), (1, "taylor")]
+    result = json.loads(out.read_text())
+    again = {(r["seed"], r["method"]): r for r in result["runs"]}
+    assert again[0, "magnitude"] == first[0, "magnitude"] and again[1, "magnitude"] == first[1, "magnitude"]
+    assert [r["runs"] for r in result["rows"]] == ["2/2"] * 3
+    calls.clear()
+    assert cli.main([*argv, "--methods", "magnitude", "taylor", "oba-fisher", "--resume"]) == 0
+    assert calls == [] and json.loads(out.read_text())["runs"] == result["runs"]
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--resume", "--quiet"])
+    assert "--resume needs --json" in capsys.readouterr().err
+
+
 def test_prune_checks_every_method_before_training(image_folder, monkeypatch):
     from winnow.demo import prune
 

@@ -1,7 +1,7 @@
 """OBA vs magnitude vs first-order Taylor structured pruning: by default a small CNN on Fashion-MNIST.
 
 winnow prune [--methods ...] [--normalizer mean] [--targets 0.5 0.25 0.1] [--epochs 2] [--finetune-steps 150]
-             [--seeds 0 1 --draws 4] [--plot PATH] [--json PATH]
+             [--seeds 0 1 --draws 4] [--plot PATH] [--json PATH [--resume]]
              [--model module:callable] [--data IMAGE_FOLDER] [--image-size 32]
 (or python -m winnow.demo.prune)
 
@@ -10,10 +10,13 @@ command before anything trains). Then one dense model is trained per seed, and f
 the score batches, FLOPs target and method a copy is pruned iteratively (re-score, remove channels
 through Torch-Pruning, repeat until the target) and fine-tuned with the same budget; a run that
 fails is reported on its own row and the others kept. Prints test accuracy vs FLOPs / params
-(mean +- sd over seeds x draws) and writes a plot.
+(mean +- sd over seeds x draws) and writes a plot. With `--resume`, the finished runs already in
+the --json file (same settings) are kept and not run again: a long study can go in pieces.
 """
 import argparse
 import copy
+import json
+import os
 import time
 
 import torch
@@ -184,6 +187,8 @@ def parser(prog="python -m winnow.demo.prune") -> argparse.ArgumentParser:
     ap.add_argument("--plot", default="fashion_mnist_pruning.png", help="PNG of accuracy vs FLOPs ('' for none)")
     ap.add_argument("--json", default=None, help="write the results (every run, and the summary) as JSON here; "
                                                  "rewritten as each run finishes")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the finished runs of --json (written with the same settings) and run only the rest")
     ap.add_argument("--model", default=None, help="module:callable returning the model (default: the demo CNN)")
     ap.add_argument("--data", default=None, help="an image folder, torchvision ImageFolder layout (default: "
                                                  "Fashion-MNIST)")
@@ -244,6 +249,8 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
             or args.prune_steps < 1:
         ap.error("--epochs must be > 0, --finetune-steps >= 0, --batch-size, --score-batches, --draws and "
                  "--prune-steps >= 1")
+    if args.resume and not args.json:
+        ap.error("--resume needs --json: the finished runs are read back from it")
     seeds = args.seeds or [args.seed]
 
     from tqdm import tqdm
@@ -258,8 +265,15 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
     torch.manual_seed(seeds[0])
     preflight(build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device), args.methods, example,
               (x[:2].to(args.device), y[:2].to(args.device)), args.normalizer)
+    finished, finished_dense = _finished_runs(args) if args.resume else ({}, {})
     runs, dense = [], []
     for seed in seeds:
+        keys = [(seed, d, t, m) for d in range(args.draws) for t in args.targets for m in args.methods]
+        if seed in finished_dense and all(key in finished for key in keys):
+            dense.append(finished_dense[seed])
+            runs += [finished[key] for key in keys]
+            print(f"seed {seed}: all {len(keys)} runs kept from {args.json}")
+            continue
         torch.manual_seed(seed)
         model = build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device)
         steps = max(1, int(args.epochs * len(y) / args.batch_size))
@@ -270,6 +284,9 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
         print(f"{data_name}: dense {type(model).__name__} (seed {seed}) {base_params} params, "
               f"{base_flops / 1e6:.2f} MFLOPs, test acc {dense[-1]['acc']:.4f} after {steps} steps "
               f"({time.perf_counter() - t0:.0f} s)")
+        if seed in finished_dense and finished_dense[seed] != dense[-1]:
+            print(f"--resume: the dense model of seed {seed} is not the recorded one (test acc "
+                  f"{finished_dense[seed]['acc']:.4f}): its runs are run again")
         data = ((x, y), (xt, yt), example, base_flops, base_params)
         for draw in range(args.draws):
             g = torch.Generator().manual_seed(seed * 1000 + draw + 1)  # seed 0, draw 0: the one-draw demo's batches
@@ -279,6 +296,9 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
             for target, method in tqdm(todo, desc=f"prune + fine-tune (seed {seed}, draw {draw})", ncols=90,
                                        disable=args.quiet):
                 run = {"target": target, "method": method, "seed": seed, "draw": draw}
+                if (seed, draw, target, method) in finished and finished_dense.get(seed) == dense[-1]:
+                    runs.append(finished[(seed, draw, target, method)])
+                    continue
                 try:
                     run.update(prune_and_finetune(model, method, target, score_batches, data, args, seed))
                 except Exception as e:  # noqa: BLE001  (a failing method keeps the finished runs and reports)
@@ -303,8 +323,31 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
     return 1 if any("error" in r for r in runs) else 0
 
 
+# Settings that do not change what one (seed, draw, target, method) run does.
+_NOT_IN_FINGERPRINT = {"methods", "targets", "seeds", "seed", "draws", "json", "plot", "quiet", "resume"}
+
+
+def _finished_runs(args) -> tuple[dict, dict]:
+    """From the --json file, if it was written with the same settings: its finished runs by
+    (seed, draw, target, method), and its dense models' records by seed."""
+    from winnow.demo.study import fingerprint
+
+    if not os.path.isfile(args.json):
+        return {}, {}
+    with open(args.json) as f:
+        previous = json.load(f)
+    if previous.get("fingerprint") != fingerprint(args, _NOT_IN_FINGERPRINT):
+        print(f"--resume: {args.json} was written with other settings; running everything")
+        return {}, {}
+    runs = {(r["seed"], r["draw"], r["target"], r["method"]): r for r in previous["runs"] if "error" not in r}
+    return runs, {d["seed"]: d for d in previous["dense"]}
+
+
 def _write_json(args, runs, dense, data_name, rows=None) -> None:
-    payload = {"task": "prune", "data": data_name, "settings": vars(args), "dense": dense,
+    from winnow.demo.study import fingerprint
+
+    payload = {"task": "prune", "data": data_name, "settings": vars(args),
+               "fingerprint": fingerprint(args, _NOT_IN_FINGERPRINT), "dense": dense,
                "dense acc": sum(d["acc"] for d in dense) / len(dense), "runs": runs}
     if rows is not None:
         payload["rows"] = rows

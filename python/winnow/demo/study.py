@@ -23,10 +23,10 @@ _NOT_IN_FINGERPRINT = {"output_dir", "json", "plot", "quiet", "seeds", "lr_grid"
                        "eval_batch_size"}
 
 
-def fingerprint(args) -> str:
-    """A short hash of the settings that define a run (its seed and learning rate aside)."""
-    settings = {k: v for k, v in sorted(vars(args).items())
-                if k not in _NOT_IN_FINGERPRINT and not k.startswith("lr_")}
+def fingerprint(args, ignore=_NOT_IN_FINGERPRINT) -> str:
+    """A short hash of the settings that define a run (by default its seed and learning rate aside;
+    `ignore`: the settings that do not change a run)."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ignore and not k.startswith("lr_")}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
