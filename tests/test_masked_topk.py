@@ -187,6 +187,26 @@ def test_id3_topk_matches_its_reference_and_the_two_op_path(device, dtype, sizes
             assert torch.equal(g.cpu(), w)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exponent", [0.0, 1.0])
+def test_id3_topk_finds_scores_one_ulp_above_the_cut_late_in_the_scan(dtype, exponent):
+    """The small-k scan skips a tile whose every H is provably at most the k-th best so far (a
+    multiply-and-compare test with a margin): entries one ulp above that cut, placed after many
+    tiles of entries at the cut, must still win, and equal ones must not displace earlier ones."""
+    n, k = 64 * 1024, 40
+    p = torch.full((n,), 0.75, dtype=dtype)
+    h = torch.full((n,), 1.0, dtype=dtype)                       # the cut, from the first tiles on
+    late = torch.arange(n - 1000, n, 25)[:k // 2]                  # a few in late tiles: 1 ulp above
+    h[late] = torch.nextafter(torch.tensor(1.0, dtype=dtype), torch.tensor(2.0, dtype=dtype))
+    eps = 1e-3
+    g = h * (p.abs() + eps) if exponent == 1.0 else h.clone()
+    want = reference.id3_topk([p], [g], None, k, eps=eps, exponent=exponent)[0]
+    got = ops.id3_topk([p], [g], None, k, eps=eps, exponent=exponent)[0]
+    assert torch.equal(got, want)
+    h_of = (g.abs() / (p.abs() + eps)) if exponent == 1.0 else g.abs()
+    assert (h_of[late] > h_of[0]).all() and set(late.tolist()) <= set(got.tolist())  # the case is what it claims
+
+
 def test_id3_topk_without_masks_and_a_non_finite_h_counts_as_zero():
     p = [torch.tensor([1.0, 1.0, 1.0, 1.0])]
     g = [torch.tensor([float("inf"), 0.0, float("nan"), -2.0])]

@@ -130,7 +130,9 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
 // max; the buffer is cut back to its best k whenever it holds 2k, so even scores that rise
 // along the scan (every entry a candidate) cost O(1) each, not a heap's O(log k).
 // The threads' survivors are merged by (key desc, tensor asc, index asc): deterministic.
-// tile_keys(tensor, begin, len, keys) fills the keys of a tile and returns their maximum.
+// tile_keys(tensor, begin, len, full, cut, keys) fills the keys of a tile and returns their
+// maximum; once the thread has k (`full`) it may instead return 0 for a tile it knows holds no
+// key above `cut`, without filling keys.
 template <typename key_t, typename TileKeys>
 std::vector<at::Tensor> select_small_k(const std::vector<int64_t>& numels, at::TensorList unmasked, int64_t k,
                                        const at::TensorOptions& index_options, TileKeys&& tile_keys) {
@@ -164,7 +166,7 @@ std::vector<at::Tensor> select_small_k(const std::vector<int64_t>& numels, at::T
     key_t keys[cpu::kTopkTile];
     for (int64_t base = ch.begin; base < ch.end; base += cpu::kTopkTile) {
       const int64_t len = std::min(cpu::kTopkTile, ch.end - base);
-      const key_t top = tile_keys(ch.tensor, base, len, keys);
+      const key_t top = tile_keys(ch.tensor, base, len, c.full, c.cut, keys);
       if (c.full && top <= c.cut) continue;  // the common case
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + j;
@@ -199,7 +201,7 @@ std::vector<at::Tensor> select_small_k_of_scores(at::TensorList scores, at::Tens
   for (size_t i = 0; i < scores.size(); ++i) numels[i] = scores[i].numel();
   const auto kernel = cpu::tile_keys_stub<key_t>().get();
   return select_small_k<key_t>(numels, unmasked, k, scores[0].options().dtype(at::kLong),
-                               [&](size_t t, int64_t begin, int64_t len, key_t* keys) {
+                               [&](size_t t, int64_t begin, int64_t len, bool, key_t, key_t* keys) {
                                  return kernel(scores[t].const_data_ptr<scalar_t>() + begin, len, keys);
                                });
 }
@@ -232,14 +234,15 @@ std::vector<at::Tensor> masked_topk_id3_cpu(at::TensorList params, at::TensorLis
   auto run = [&](auto key_zero) {
     using key_t = decltype(key_zero);
     const auto kernel = cpu::id3_tile_keys_stub<key_t>().get();
-    auto tile_keys = [&](size_t t, int64_t begin, int64_t len, key_t* keys) {
-      const size_t item = params[t].element_size();
-      const bool* skip = unmasked.empty() ? nullptr : unmasked[t].const_data_ptr<bool>() + begin;
-      return kernel({params[t].scalar_type(), cpu::offset(params[t].const_data_ptr(), begin, item),
-                     cpu::offset(in.grads[t].const_data_ptr(), begin, item), skip, len, eps, exponent},
-                    keys);
-    };
     if (small_k(k, total)) {
+      auto tile_keys = [&](size_t t, int64_t begin, int64_t len, bool full, key_t cut, key_t* keys) {
+        const size_t item = params[t].element_size();
+        const bool* skip = unmasked.empty() ? nullptr : unmasked[t].const_data_ptr<bool>() + begin;
+        return kernel({params[t].scalar_type(), cpu::offset(params[t].const_data_ptr(), begin, item),
+                       cpu::offset(in.grads[t].const_data_ptr(), begin, item), skip, len, eps, exponent, full,
+                       static_cast<double>(value_of_key(cut))},
+                      keys);
+      };
       return select_small_k<key_t>(numels, unmasked, k, params[0].options().dtype(at::kLong), tile_keys);
     }
     // Large k: H into zeroed scores (a non-finite H is left at 0 by the update), then the radix select.

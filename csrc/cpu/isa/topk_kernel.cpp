@@ -38,18 +38,49 @@ void id3_keys(const scalar_t* __restrict p, const scalar_t* __restrict g, const 
   }
 }
 
+// True when every H of the tile is at most `cut` for certain: |g| <= cut, or for exponent 1
+// |g| <= cut' * (|p| + eps) with cut' a 2^-20 (double: 2^-49) relative margin below cut, more
+// than the two roundings apart (H's divide, the test's multiply), so fl(H) <= cut. A multiply and
+// a compare per entry instead of a divide and a key; a NaN fails the test (the tile is keyed).
+template <importance::Exponent E, typename scalar_t, typename acc_t>
+bool id3_tile_at_most(const scalar_t* __restrict p, const scalar_t* __restrict g, int64_t len,
+                      const importance::Id3Coeffs<acc_t> c, acc_t cut) {
+  int all = 1;  // an AND over the tile, not an early exit: the loop vectorises
+  if constexpr (E == importance::Exponent::Zero) {
+    for (int64_t j = 0; j < len; ++j) all &= static_cast<int>(abs_value(static_cast<acc_t>(g[j])) <= cut);
+  } else {
+    const acc_t margin = sizeof(acc_t) == 4 ? acc_t(1.0 / (1 << 20)) : acc_t(1.0 / (int64_t{1} << 49));
+    const acc_t bound = cut * (acc_t(1) - margin);
+    for (int64_t j = 0; j < len; ++j) {
+      all &= static_cast<int>(abs_value(static_cast<acc_t>(g[j])) <=
+                              bound * (abs_value(static_cast<acc_t>(p[j])) + c.eps));
+    }
+  }
+  return all != 0;
+}
+
 template <typename key_t>
 key_t id3_tile_keys(const Id3Tile& t, key_t* keys) {
+  bool skipped = false;
   WINNOW_ISA_DISPATCH_FLOATING_WITH_HALF(t.dtype, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if constexpr (sizeof(acc_t) == sizeof(key_t)) {  // the launcher pairs float keys with float math
       importance::dispatch_exponent(t.exponent, [&](auto kind) {
-        id3_keys<decltype(kind)::value>(static_cast<const scalar_t*>(t.param), static_cast<const scalar_t*>(t.grad),
-                                         t.skip, t.len, importance::id3_coeffs<acc_t>(t.eps, t.exponent, 0.0), keys);
+        constexpr importance::Exponent E = decltype(kind)::value;
+        const auto* p = static_cast<const scalar_t*>(t.param);
+        const auto* g = static_cast<const scalar_t*>(t.grad);
+        const auto c = importance::id3_coeffs<acc_t>(t.eps, t.exponent, 0.0);
+        if constexpr (E != importance::Exponent::General) {
+          if (t.above && id3_tile_at_most<E>(p, g, t.len, c, static_cast<acc_t>(t.cut))) {
+            skipped = true;
+            return;
+          }
+        }
+        id3_keys<E>(p, g, t.skip, t.len, c, keys);
       });
     }
   });
-  return max_key(keys, t.len);
+  return skipped ? key_t(0) : max_key(keys, t.len);
 }
 
 WINNOW_REGISTER_ISA_KERNEL(tile_keys_float, (&tile_keys<float, uint32_t>));

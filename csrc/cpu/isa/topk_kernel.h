@@ -18,13 +18,16 @@ extern Stub<uint64_t (*)(const double* scores, int64_t len, uint64_t* keys)> til
 // H = |g| / (|p| + eps)^exponent of `len` elements in the op-math type of `dtype` (float keys
 // for float, half and bfloat16 parameters, double keys for double ones); a non-finite H counts
 // as 0 (as if the gradient were zero); an entry with skip[j] set (already unmasked) gets NaN's
-// key, the lowest.
+// key, the lowest. With `above` set, a tile whose every H is provably at most `cut` (the
+// selection's k-th best so far) may return without keys, its maximum reported as 0.
 struct Id3Tile {
   c10::ScalarType dtype;
   const void *param, *grad;
   const bool* skip;  // or null
   int64_t len;
   double eps, exponent;
+  bool above;
+  double cut;
 };
 
 extern Stub<uint32_t (*)(const Id3Tile& tile, uint32_t* keys)> id3_tile_keys_float;

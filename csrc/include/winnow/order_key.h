@@ -42,6 +42,25 @@ WINNOW_HD uint64_t order_key(double x) {
   return nan ? 0ull : (b ^ flip);
 }
 
+// The number a key stands for (order_key's inverse; NaN's key gives a NaN, -0 came back as +0).
+WINNOW_HD float value_of_key(uint32_t key) {
+  const uint32_t b = (key & 0x80000000u) ? (key ^ 0x80000000u) : ~key;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  return __builtin_bit_cast(float, b);
+#endif
+}
+
+WINNOW_HD double value_of_key(uint64_t key) {
+  const uint64_t b = (key & 0x8000000000000000ull) ? (key ^ 0x8000000000000000ull) : ~key;
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  return __builtin_bit_cast(double, b);
+#endif
+}
+
 // The same order as a signed 64-bit integer, for selections done with ATen's integer ops.
 WINNOW_HD int64_t signed_order_key(float x) { return static_cast<int64_t>(order_key(x)); }
 WINNOW_HD int64_t signed_order_key(double x) {
