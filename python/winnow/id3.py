@@ -148,6 +148,7 @@ class ID3(MaskedAdamW):
         # Workspace (not optimizer state): a unit mask and a score buffer per parameter (its local shard).
         self._offsets = [span.start // block_size for span in self._spans]  # first local unit, in the whole
         self._units = [(span.numel + block_size - 1) // block_size for span in self._spans]  # local units
+        self._total_units = [(p.numel() + block_size - 1) // block_size for p in self._params]  # all ranks
         self._unmasked = [torch.zeros(n, dtype=torch.bool, device=p.device) for n, p in zip(self._units, self._params)]
         # Unit scores only where the selection needs them stored (blocks, or shards): with one
         # element per unit, ops.id3_topk computes H inside the selection.
@@ -201,7 +202,7 @@ class ID3(MaskedAdamW):
         local = [self._local(self._params[i]) for i in idx]  # (no_grad: no detach needed)
         grads = [self._local(self._params[i].grad) for i in idx]
         # host-side counts: no sync
-        masked = sum(self.num_blocks(self._params[i]) - self._global_count[i] for i in idx)
+        masked = sum(self._total_units[i] - self._global_count[i] for i in idx)
         k = min(self.unmask_count_at(self.id3_step), masked)
         unmasked = [self._unmasked[i] for i in idx]
         if self._fused:

@@ -214,9 +214,10 @@ class MaskedAdamW(torch.optim.Optimizer):
             return
         bs, n = state["block_size"], blocks.numel()
         state["active_blocks"] = torch.cat([state["active_blocks"], blocks.to(torch.int64)])
-        state["block_step"] = torch.cat([state["block_step"], state["block_step"].new_zeros(n)])
+        # one op each (ID3 grows dozens of tensors a step): the zeros appended by padding
+        state["block_step"] = torch.nn.functional.pad(state["block_step"], (0, n))
         for k in self._keys(group):
-            state[k] = torch.cat([state[k], state[k].new_zeros(n * bs)])
+            state[k] = torch.nn.functional.pad(state[k], (0, n * bs))
 
     def _rebuild(self, param: Tensor, new_blocks: Tensor) -> None:
         """Re-lay the compact state for the sorted block list `new_blocks`: kept blocks keep their
