@@ -86,6 +86,30 @@ def test_final_count_equals_budget(budget, total_steps, block_size):
     assert sum(opt.unmask_count_at(t) for t in range(total_steps)) == budget
 
 
+def test_a_step_with_nothing_to_unmask_scores_nothing(monkeypatch):
+    """budget < total_steps: the steps after the budget is spent unmask nothing, so they do not
+    score (no pass over the parameters) and only the unmasked weights move."""
+    model = net()
+    opt = winnow.ID3(model, budget=3, total_steps=10, lr=0.05)
+    data = batches(10)
+    for batch in data[:3]:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+    assert opt.unmasked_count() == 3
+    for name in ("id3_topk", "importance_update_id3", "masked_topk"):
+        monkeypatch.setattr(winnow.ops, name, lambda *a, **k: pytest.fail("scored with nothing to unmask"))
+    masks = {p: m.clone() for p, m in opt.masks().items()}
+    before = [p.detach().clone() for p in model.parameters()]
+    for batch in data[3:]:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+    assert all(torch.equal(m, masks[p]) for p, m in opt.masks().items())
+    moved = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
+    assert 0 < moved <= 3
+
+
 def test_masked_weights_are_bit_identical_even_with_weight_decay():
     model = net()
     start = [p.detach().clone() for p in model.parameters()]

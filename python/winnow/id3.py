@@ -204,6 +204,8 @@ class ID3(MaskedAdamW):
         # host-side counts: no sync
         masked = sum(self._total_units[i] - self._global_count[i] for i in idx)
         k = min(self.unmask_count_at(self.id3_step), masked)
+        if k == 0:  # budget < total_steps leaves its late steps nothing to unmask: no scan (every rank alike)
+            return none
         unmasked = [self._unmasked[i] for i in idx]
         if self._fused:
             chosen = ops.id3_topk(local, grads, [self._unmasked_shaped[i] for i in idx], k,
