@@ -18,12 +18,17 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_json(path, payload: dict) -> None:
-    """payload as indented JSON (numbers, strings, lists; anything else as its str)."""
+    """payload as indented JSON (numbers, strings, lists; anything else as its str). Written to a
+    temporary file and renamed over `path`, so that a run stopped mid-write (studies rewrite
+    their JSON after every run and resume from it) leaves the previous file whole."""
     import json
+    import os
     from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def scatter_plot(rows: list[dict], x: str, y: str, label: str, path, title: str = "", yerr: str | None = None) -> None:
