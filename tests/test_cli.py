@@ -208,6 +208,15 @@ def test_prune_resume_runs_only_what_is_missing(image_folder, tmp_path, monkeypa
     first = {(r["seed"], r["method"]): r for r in json.loads(out.read_text())["runs"]}
     calls.clear()
     interrupted[0] = False
+    # the dense models are loaded from beside the JSON, not trained again
+    assert (tmp_path / "prune.json.dense-seed0.pt").is_file() and (tmp_path / "prune.json.dense-seed1.pt").is_file()
+    trained = prune.train
+
+    def fine_tuning_only(model, batches, steps, *rest):  # here dense training is 2 steps, fine-tuning 1
+        assert steps == 1, "the dense model was trained again"
+        return trained(model, batches, steps, *rest)
+
+    monkeypatch.setattr(prune, "train", fine_tuning_only)
     assert cli.main([*argv, "--methods", "magnitude", "taylor", "oba-fisher", "--resume"]) == 0
     assert sorted(calls) == [(0, "oba-fisher"), (0, "taylor"), (1, "oba-fisher"), (1, "taylor")]
     result = json.loads(out.read_text())

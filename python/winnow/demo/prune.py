@@ -11,7 +11,8 @@ the score batches, FLOPs target and method a copy is pruned iteratively (re-scor
 through Torch-Pruning, repeat until the target) and fine-tuned with the same budget; a run that
 fails is reported on its own row and the others kept. Prints test accuracy vs FLOPs / params
 (mean +- sd over seeds x draws) and writes a plot. With `--resume`, the finished runs already in
-the --json file (same settings) are kept and not run again: a long study can go in pieces.
+the --json file (same settings) are kept and not run again, and each seed's dense model is loaded
+from beside it (JSON.dense-seedN.pt, written when it was trained): a long study can go in pieces.
 """
 import argparse
 import copy
@@ -277,12 +278,23 @@ def main(argv=None, prog="python -m winnow.demo.prune") -> int:
         torch.manual_seed(seed)
         model = build_model(args.model, x.shape[1], int(y.max()) + 1).to(args.device)
         steps = max(1, int(args.epochs * len(y) / args.batch_size))
-        train(model, stream(x, y, args.batch_size, seed, args.device), steps, args.lr,
-              None if args.quiet else f"dense training (seed {seed})")
+        # The dense weights are kept beside --json: a resumed study goes on from the same model,
+        # even on a CPU whose rounding would train a different one.
+        weights = f"{args.json}.dense-seed{seed}.pt" if args.json else None
+        if seed in finished_dense and weights and os.path.isfile(weights):
+            model.load_state_dict(torch.load(weights, map_location=args.device))
+            dense.append(finished_dense[seed])
+            how = f"loaded from {weights}"
+        else:
+            train(model, stream(x, y, args.batch_size, seed, args.device), steps, args.lr,
+                  None if args.quiet else f"dense training (seed {seed})")
+            dense.append({"seed": seed, "acc": accuracy(model, xt, yt)})
+            if weights:
+                torch.save(model.state_dict(), weights)
+            how = f"after {steps} steps"
         base_flops, base_params = flops_and_params(model, example)
-        dense.append({"seed": seed, "acc": accuracy(model, xt, yt)})
         print(f"{data_name}: dense {type(model).__name__} (seed {seed}) {base_params} params, "
-              f"{base_flops / 1e6:.2f} MFLOPs, test acc {dense[-1]['acc']:.4f} after {steps} steps "
+              f"{base_flops / 1e6:.2f} MFLOPs, test acc {dense[-1]['acc']:.4f} {how} "
               f"({time.perf_counter() - t0:.0f} s)")
         if seed in finished_dense and finished_dense[seed] != dense[-1]:
             print(f"--resume: the dense model of seed {seed} is not the recorded one (test acc "
