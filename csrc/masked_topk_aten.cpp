@@ -36,12 +36,9 @@ at::Tensor order_keys(const at::Tensor& scores, const at::Tensor& unmasked) {
 
 std::vector<at::Tensor> masked_topk_aten(at::TensorList scores, at::TensorList unmasked, int64_t k) {
   check_topk(scores, unmasked, k);
+  if (k == 0) return nothing_selected(scores);
   const size_t n = scores.size();
   std::vector<at::Tensor> out(n);
-  if (k == 0) {
-    for (size_t t = 0; t < n; ++t) out[t] = at::empty({0}, scores[t].options().dtype(at::kLong));
-    return out;
-  }
   std::vector<at::Tensor> keys(n), candidates;
   for (size_t t = 0; t < n; ++t) {
     keys[t] = order_keys(scores[t], unmasked.empty() ? at::Tensor() : unmasked[t]);
@@ -86,6 +83,7 @@ std::vector<at::Tensor> masked_topk_aten(at::TensorList scores, at::TensorList u
 std::vector<at::Tensor> masked_topk_id3_aten(at::TensorList params, at::TensorList grads, at::TensorList unmasked,
                                              int64_t k, double eps, double exponent) {
   check_topk_id3(params, grads, unmasked, k, eps, exponent);
+  if (k == 0) return nothing_selected(params);
   static const auto update = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("winnow::importance_update_id3", "")
                                  .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,

@@ -5,7 +5,7 @@ beyond the ones stated, and a torch.distributed.checkpoint save / load on a fres
 continues exactly like an uninterrupted run."""
 import pytest
 import torch
-from distributed import run_ranks
+from distributed import run_ranks, tear_down_group
 
 from winnow.optim import MaskedAdamW
 
@@ -196,7 +196,7 @@ def scenario(rank, world, algo, folder):
 
     whole = run(rank, world, algo, export=f"{folder}/sharded_export")
     run(rank, world, algo, checkpoint_dir=f"{folder}/ckpt")
-    dist.destroy_process_group()
+    tear_down_group()
     dist.init_process_group("gloo", init_method=f"file://{folder}/fresh_group", rank=rank, world_size=world)
     return whole, run(rank, world, algo, checkpoint_dir=f"{folder}/ckpt", resume=True)
 

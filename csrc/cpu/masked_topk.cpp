@@ -208,6 +208,7 @@ std::vector<at::Tensor> select_small_k_of_scores(at::TensorList scores, at::Tens
 
 std::vector<at::Tensor> masked_topk_cpu(at::TensorList scores, at::TensorList unmasked, int64_t k) {
   check_topk(scores, unmasked, k);
+  if (k == 0) return nothing_selected(scores);
   int64_t total = 0;
   for (const auto& s : scores) total += s.numel();
   const bool small = small_k(k, total);
@@ -226,6 +227,7 @@ std::vector<at::Tensor> masked_topk_cpu(at::TensorList scores, at::TensorList un
 std::vector<at::Tensor> masked_topk_id3_cpu(at::TensorList params, at::TensorList grads, at::TensorList unmasked,
                                             int64_t k, double eps, double exponent) {
   const Id3Inputs in = check_topk_id3(params, grads, unmasked, k, eps, exponent);
+  if (k == 0) return nothing_selected(params);
   const size_t n = params.size();
   std::vector<int64_t> numels(n);
   int64_t total = 0;
@@ -233,8 +235,8 @@ std::vector<at::Tensor> masked_topk_id3_cpu(at::TensorList params, at::TensorLis
   const bool wide = params[0].scalar_type() == at::kDouble;  // double keys for double math
   auto run = [&](auto key_zero) {
     using key_t = decltype(key_zero);
-    const auto kernel = cpu::id3_tile_keys_stub<key_t>().get();
     if (small_k(k, total)) {
+      const auto kernel = cpu::id3_tile_keys_stub<key_t>().get();
       auto tile_keys = [&](size_t t, int64_t begin, int64_t len, bool full, key_t cut, key_t* keys) {
         const size_t item = params[t].element_size();
         const bool* skip = unmasked.empty() ? nullptr : unmasked[t].const_data_ptr<bool>() + begin;

@@ -271,11 +271,7 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
 std::vector<at::Tensor> masked_topk_cuda(at::TensorList scores, at::TensorList unmasked, int64_t k) {
   check_topk(scores, unmasked, k);
   const c10::cuda::CUDAGuard guard(scores[0].device());
-  if (k == 0) {
-    std::vector<at::Tensor> out;
-    for (const auto& s : scores) out.push_back(at::empty({0}, s.options().dtype(at::kLong)));
-    return out;
-  }
+  if (k == 0) return nothing_selected(scores);
   if (scores[0].scalar_type() == at::kDouble) return select<double, uint64_t>(scores, unmasked, k);
   return select<float, uint32_t>(scores, unmasked, k);
 }

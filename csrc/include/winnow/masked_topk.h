@@ -49,6 +49,8 @@ constexpr int num_passes() {
 // ---- host side: validation shared by the backends ----
 #include <vector>
 
+#include <ATen/ops/empty.h>
+
 #include "winnow/checks.h"
 
 namespace winnow::topk {
@@ -69,6 +71,13 @@ inline void check_topk(at::TensorList scores, at::TensorList unmasked, int64_t k
   }
   checks::optional_masks(op, "unmasked", unmasked, "scores", scores);
   TORCH_CHECK_VALUE(k >= 0 && k <= total, op, ": k must be in [0, ", total, "], got ", k);
+}
+
+// k == 0: an empty int64 index tensor per input, on its device, without scanning anything.
+inline std::vector<at::Tensor> nothing_selected(at::TensorList like) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : like) out.push_back(at::empty({0}, t.options().dtype(at::kLong)));
+  return out;
 }
 
 }  // namespace winnow::topk
