@@ -47,6 +47,9 @@ def test_run_store_keeps_rows_for_their_own_settings_only(tmp_path):
     assert study.RunStore(tmp_path, "abc").get("lora", 1e-3, 1) is None
     assert study.RunStore(tmp_path, "other").get("lora", 1e-3, 0) is None
     assert study.RunStore(None, "abc").get("lora", 1e-3, 0) is None
+    study.RunStore(tmp_path, "other").put("lora", 1e-3, 0, {"acc": 0.7})  # an ablation in the same folder
+    assert study.RunStore(tmp_path, "abc").get("lora", 1e-3, 0) == {"acc": 0.5}
+    assert study.RunStore(tmp_path, "other").get("lora", 1e-3, 0) == {"acc": 0.7}
 
 
 def test_every_method_sees_the_same_batches_for_a_seed(tiny_text_task):

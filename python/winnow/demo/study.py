@@ -31,14 +31,15 @@ def fingerprint(args, ignore=_NOT_IN_FINGERPRINT) -> str:
 
 
 class RunStore:
-    """Finished runs as one JSON file each, under `folder` (None: nothing is kept)."""
+    """Finished runs as one JSON file each, under `folder` (None: nothing is kept), named by method,
+    rate, seed and the settings' fingerprint: ablations sharing a folder keep each other's runs."""
 
     def __init__(self, folder, fingerprint: str):
         self.folder = Path(folder) if folder else None
         self.fingerprint = fingerprint
 
     def _path(self, method, lr, seed) -> Path:
-        return self.folder / f"{method}-lr{lr:g}-seed{seed}.json"
+        return self.folder / f"{method}-lr{lr:g}-seed{seed}-{self.fingerprint}.json"
 
     def get(self, method, lr, seed) -> dict | None:
         if self.folder is None or not self._path(method, lr, seed).is_file():
