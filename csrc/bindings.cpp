@@ -26,6 +26,12 @@ TORCH_LIBRARY(winnow, m) {
   // ID3's selection from (param, grad) in one pass, CPU only (csrc/cpu/masked_topk.cpp)
   m.def("_masked_topk_id3(Tensor[] params, Tensor[] grads, Tensor[] unmasked, int k, float eps, float exponent) "
         "-> Tensor[]");
+  // ID3's per-step bookkeeping of the elements it unmasks, all parameters in one call (id3_unmask_aten.cpp)
+  m.def(
+      "_id3_unmask(Tensor[] params, Tensor[] chosen, Tensor[] active_blocks, Tensor[] block_steps, "
+      "Tensor[] exp_avgs, Tensor[] exp_avg_sqs, Tensor[] max_exp_avg_sqs) -> (Tensor[] initial, "
+      "Tensor[] active_blocks, Tensor[] block_steps, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, Tensor[] max_exp_avg_sqs)");
+  m.def("_id3_mark_unmasked(Tensor(a!)[] unmasked, Tensor[] chosen) -> ()");
   // rank_prune (csrc/include/winnow/rank_prune.h)
   m.def(
       "rank_prune(Tensor(a!)[] lora_E, Tensor[] ipt_E, Tensor[] unc_E, Tensor[] ipt_A, Tensor[] unc_A, "

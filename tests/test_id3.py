@@ -73,6 +73,51 @@ def test_the_fused_selection_and_the_stored_scores_choose_alike(budget):
         torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_one_op_bookkeeping_equals_the_per_parameter_path(amsgrad):
+    """The unmasking of every grown parameter in one op (ops' _id3_unmask) against the loop of
+    per-parameter ops it replaced: same masks, state, start values and weights, bit for bit."""
+    runs = []
+    for together in (True, False):
+        model = net()
+        opt = winnow.ID3(model, budget=61, total_steps=6, lr=0.05, weight_decay=0.1, amsgrad=amsgrad)
+        if not together:
+            opt._unmask_together = lambda grown, chosen, opt=opt: [opt._unmask(i, chosen[i]) for i in grown]
+        for batch in batches(6):
+            opt.zero_grad()
+            loss_of(model, batch).backward()
+            opt.step()
+        state = [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for p in opt._params]
+        initial = [torch.cat([v for _, v in lst]) for lst in opt._initial]
+        runs.append((state, initial, [m.clone() for m in opt._unmasked], [p.detach().clone() for p in opt._params]))
+    for a, b in zip(*runs):
+        for x, y in zip(a, b):
+            if isinstance(x, dict):
+                assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+            else:
+                assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_unmask_ops_check_their_lists():
+    p, mask = torch.randn(5), torch.zeros(5, dtype=torch.bool)
+    state = ([torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int32)], [torch.zeros(0)],
+             [torch.zeros(0)], [])
+    initial, blocks, steps, m, v, vmax = torch.ops.winnow._id3_unmask([p], [torch.tensor([1, 3])], *state)
+    assert torch.equal(initial[0], p[[1, 3]]) and torch.equal(blocks[0], torch.tensor([1, 3]))
+    assert steps[0].tolist() == [0, 0] and m[0].tolist() == [0, 0] and v[0].tolist() == [0, 0] and vmax == []
+    torch.ops.winnow._id3_mark_unmasked([mask], [torch.tensor([1, 3])])
+    assert torch.equal(mask, torch.tensor([False, True, False, True, False]))
+    with pytest.raises(ValueError, match="chosen has 0 tensors"):
+        torch.ops.winnow._id3_unmask([p], [], *state)
+    with pytest.raises(TypeError, match=r"chosen\[0\] must be a 1-D int64"):
+        torch.ops.winnow._id3_unmask([p], [torch.tensor([1.0])], *state)
+    with pytest.raises(IndexError):
+        torch.ops.winnow._id3_unmask([p], [torch.tensor([7])], *state)
+    with pytest.raises(TypeError, match=r"unmasked\[0\] must be a bool"):
+        torch.ops.winnow._id3_mark_unmasked([torch.zeros(5)], [torch.tensor([1])])
+    assert torch.equal(mask, torch.tensor([False, True, False, True, False]))  # unchanged by the failures
+
+
 @pytest.mark.parametrize("budget, total_steps", [(3, 10), (10, 10), (60, 10), (1, 1)])
 @pytest.mark.parametrize("block_size", [1, 4])
 def test_final_count_equals_budget(budget, total_steps, block_size):

@@ -20,6 +20,20 @@ def id3_args(device, n=37):
     return (params, grads, scores, masks, 1e-3, 1.0, 0.5, torch.zeros(2, dtype=torch.int64, device=device))
 
 
+def unmask_args(device):
+    params = [torch.randn(37, device=device), torch.randn(3, 5, device=device, dtype=torch.float64)]
+    chosen = [torch.tensor([0, 5, 36], device=device), torch.tensor([2], device=device)]
+    blocks = [torch.tensor([1], device=device), torch.tensor([0, 7], device=device)]
+    steps = [torch.ones(b.numel(), dtype=torch.int32, device=device) for b in blocks]
+    moments = lambda: [torch.rand(b.numel(), device=device, dtype=p.dtype) for b, p in zip(blocks, params)]  # noqa: E731
+    return (params, chosen, blocks, steps, moments(), moments(), moments())
+
+
+def mark_args(device):
+    masks = [torch.zeros(37, dtype=torch.bool, device=device), torch.zeros(3, 5, dtype=torch.bool, device=device)]
+    return (masks, [torch.tensor([0, 5, 36], device=device), torch.tensor([2, 14], device=device)])
+
+
 def score_args(device):
     ipt = [torch.rand(4, 6, device=device), torch.rand(6, 4, device=device), torch.rand(9, device=device)]
     return (ipt, [torch.rand_like(t) for t in ipt], [1, 0, -1])
@@ -31,6 +45,8 @@ def score_args(device):
         (torch.ops.winnow.importance_update_adalora.default, adalora_args),
         (torch.ops.winnow.importance_update_id3.default, id3_args),
         (torch.ops.winnow.importance_score.default, score_args),
+        (torch.ops.winnow._id3_unmask.default, unmask_args),
+        (torch.ops.winnow._id3_mark_unmasked.default, mark_args),
     ],
 )
 def test_opcheck(device, op, make_args):

@@ -203,6 +203,38 @@ def _masked_topk_id3_fake(params, grads, unmasked, k, eps, exponent):
     return _selection(op, "params", params, unmasked, k)
 
 
+def _chosen(op: str, chosen) -> None:
+    for i, c in enumerate(chosen):
+        torch._check_type(c.dtype == torch.int64 and c.dim() == 1, lambda: f"{op}: chosen[{i}] must be a 1-D int64 "
+                                                                           f"tensor")
+
+
+@torch.library.register_fake("winnow::_id3_unmask")
+def _id3_unmask_fake(params, chosen, active_blocks, block_steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+    op = "_id3_unmask"
+    for name, lst in (("chosen", chosen), ("active_blocks", active_blocks), ("block_steps", block_steps),
+                      ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        torch._check_value(len(lst) == len(params), lambda: f"{op}: {name} has {len(lst)} tensors but params has "
+                                                            f"{len(params)}")
+    torch._check_value(len(max_exp_avg_sqs) in (0, len(params)),
+                       lambda: f"{op}: max_exp_avg_sqs has {len(max_exp_avg_sqs)} tensors but params has "
+                               f"{len(params)} (or pass none)")
+    _chosen(op, chosen)
+    grow = lambda ts: [t.new_empty((t.numel() + c.numel(),)) for t, c in zip(ts, chosen)]  # noqa: E731
+    return ([p.new_empty((c.numel(),)) for p, c in zip(params, chosen)], grow(active_blocks), grow(block_steps),
+            grow(exp_avgs), grow(exp_avg_sqs), grow(max_exp_avg_sqs))
+
+
+@torch.library.register_fake("winnow::_id3_mark_unmasked")
+def _id3_mark_unmasked_fake(unmasked, chosen):
+    op = "_id3_mark_unmasked"
+    torch._check_value(len(chosen) == len(unmasked), lambda: f"{op}: chosen has {len(chosen)} tensors but unmasked "
+                                                             f"has {len(unmasked)}")
+    _chosen(op, chosen)
+    for i, m in enumerate(unmasked):
+        torch._check_type(m.dtype == torch.bool, lambda: f"{op}: unmasked[{i}] must be a bool tensor")
+
+
 def _like_first(op: str, **named) -> Tensor:
     """Same-shaped elementwise inputs (checks::like_first): float, with the first one's dtype and shape."""
     (first_name, first), *_ = named.items()

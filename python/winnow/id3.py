@@ -248,29 +248,57 @@ class ID3(MaskedAdamW):
                 loss = closure()
         if self.id3_step >= self.total_steps:
             raise ValueError(f"ID3 was built for total_steps={self.total_steps} steps; step {self.id3_step + 1} is beyond it")
-        for i, (p, new) in enumerate(zip(self._params, self._select())):
-            if new.numel() == 0:
-                continue
-            new = new.to(p.device)
-            bs = self.id3_block_size
-            flat = shards.local_flat(p.detach())
-            if bs == 1:  # units are elements (a step touches dozens of tensors: few ops each)
-                elems = new
-            else:
-                elems = (new[:, None] * bs + torch.arange(bs, device=p.device)).view(-1)
-                elems = elems[elems < flat.numel()]
-            start = self._spans[i].start
-            # kept on the device: a .cpu() here would sync every step; save_sparse moves them once
-            # (indexing with a tensor copies: the values stay those from before this step)
-            self._initial[i].append((elems + start if start else elems, flat[elems]))
-            self._initial_steps[i].append(self.id3_step)
-            self._unmasked[i][new] = True
-            self._count[i] += new.numel()
-            # masked units never trained: fresh state, appended (MaskedAdamW counts blocks in the whole)
-            self._append_fresh(p, new + self._offsets[i])
+        chosen = self._select()
+        grown = [i for i, c in enumerate(chosen) if c.numel()]
+        if self._fused and grown and len(self.param_groups) == 1:
+            self._unmask_together(grown, chosen)
+        else:
+            for i in grown:
+                self._unmask(i, chosen[i])
         super().step()
         self.id3_step += 1
         return loss
+
+    def _unmask(self, i: int, new: Tensor) -> None:
+        """Unmask units `new` (indices into this rank's units) of parameter i: record the values
+        they start from, mark them, give them fresh optimizer state."""
+        p = self._params[i]
+        new = new.to(p.device)
+        bs = self.id3_block_size
+        flat = shards.local_flat(p.detach())
+        if bs == 1:  # units are elements (a step touches dozens of tensors: few ops each)
+            elems = new
+        else:
+            elems = (new[:, None] * bs + torch.arange(bs, device=p.device)).view(-1)
+            elems = elems[elems < flat.numel()]
+        start = self._spans[i].start
+        # kept on the device: a .cpu() here would sync every step; save_sparse moves them once
+        # (indexing with a tensor copies: the values stay those from before this step)
+        self._initial[i].append((elems + start if start else elems, flat[elems]))
+        self._initial_steps[i].append(self.id3_step)
+        self._unmasked[i][new] = True
+        self._count[i] += new.numel()
+        # masked units never trained: fresh state, appended (MaskedAdamW counts blocks in the whole)
+        self._append_fresh(p, new + self._offsets[i])
+
+    def _unmask_together(self, grown: list[int], chosen: list[Tensor]) -> None:
+        """_unmask for every parameter that grew, in one op (one element per unit, unsharded: the
+        common case, where the per-parameter ops cost more than the scan)."""
+        params = [self._params[i] for i in grown]
+        states = [self._state(p, all_active=False) for p in params]
+        keys = self._keys(self.param_groups[0])
+        new = [chosen[i] for i in grown]
+        initial, blocks, steps, *moments = torch.ops.winnow._id3_unmask(
+            params, new, [s["active_blocks"] for s in states], [s["block_step"] for s in states],
+            *([s[k] for s in states] for k in keys), *([[]] if len(keys) == 2 else []))
+        torch.ops.winnow._id3_mark_unmasked([self._unmasked[i] for i in grown], new)
+        for j, (i, state) in enumerate(zip(grown, states)):
+            self._initial[i].append((chosen[i], initial[j]))
+            self._initial_steps[i].append(self.id3_step)
+            self._count[i] += chosen[i].numel()
+            state["active_blocks"], state["block_step"] = blocks[j], steps[j]
+            for k, values in zip(keys, moments):
+                state[k] = values[j]
 
     # ---- checkpoints and export ----
 
