@@ -21,6 +21,7 @@ Stub<uint32_t (*)(const float*, int64_t, uint32_t*)> tile_keys_float;
 Stub<uint64_t (*)(const double*, int64_t, uint64_t*)> tile_keys_double;
 Stub<uint32_t (*)(const Id3Tile&, uint32_t*)> id3_tile_keys_float;
 Stub<uint64_t (*)(const Id3Tile&, uint64_t*)> id3_tile_keys_double;
+Stub<void (*)(const Id3Tile&, uint8_t*)> id3_tiles_at_most;
 }  // namespace winnow::cpu
 
 namespace winnow::topk {
@@ -132,10 +133,13 @@ std::vector<at::Tensor> select(at::TensorList scores, at::TensorList unmasked, i
 // The threads' survivors are merged by (key desc, tensor asc, index asc): deterministic.
 // tile_keys(tensor, begin, len, full, cut, keys) fills the keys of a tile and returns their
 // maximum; once the thread has k (`full`) it may instead return 0 for a tile it knows holds no
-// key above `cut`, without filling keys.
-template <typename key_t, typename TileKeys>
+// key above `cut`, without filling keys. tiles_at_most(tensor, begin, len, cut, flags), where it
+// returns true, has flagged every tile of [begin, begin + len) that holds no key above `cut`:
+// those are skipped without a call each (a flag set under a lower cut stays true).
+template <typename key_t, typename TileKeys, typename TilesAtMost>
 std::vector<at::Tensor> select_small_k(const std::vector<int64_t>& numels, at::TensorList unmasked, int64_t k,
-                                       const at::TensorOptions& index_options, TileKeys&& tile_keys) {
+                                       const at::TensorOptions& index_options, TileKeys&& tile_keys,
+                                       TilesAtMost&& tiles_at_most) {
   struct Entry {
     key_t key;
     int64_t tensor, index;
@@ -164,8 +168,15 @@ std::vector<at::Tensor> select_small_k(const std::vector<int64_t>& numels, at::T
     // A thread's chunks come in increasing (tensor, index) order, so an entry that only ties the
     // cut is worse than the k kept ones: "key > cut" is the whole test once the thread has k.
     key_t keys[cpu::kTopkTile];
+    uint8_t flags[cpu::kChunkElements / cpu::kTopkTile + 1];
+    static_assert(cpu::kChunkElements % cpu::kTopkTile == 0);
+    int64_t flagged_from = -1;  // flags[] hold the tiles from this entry on (-1: none yet)
     for (int64_t base = ch.begin; base < ch.end; base += cpu::kTopkTile) {
       const int64_t len = std::min(cpu::kTopkTile, ch.end - base);
+      if (c.full && flagged_from < 0 && tiles_at_most(ch.tensor, base, ch.end - base, c.cut, flags)) {
+        flagged_from = base;
+      }
+      if (flagged_from >= 0 && flags[(base - flagged_from) / cpu::kTopkTile]) continue;
       const key_t top = tile_keys(ch.tensor, base, len, c.full, c.cut, keys);
       if (c.full && top <= c.cut) continue;  // the common case
       for (int64_t j = 0; j < len; ++j) {
@@ -203,7 +214,8 @@ std::vector<at::Tensor> select_small_k_of_scores(at::TensorList scores, at::Tens
   return select_small_k<key_t>(numels, unmasked, k, scores[0].options().dtype(at::kLong),
                                [&](size_t t, int64_t begin, int64_t len, bool, key_t, key_t* keys) {
                                  return kernel(scores[t].const_data_ptr<scalar_t>() + begin, len, keys);
-                               });
+                               },
+                               [](size_t, int64_t, int64_t, key_t, uint8_t*) { return false; });
 }
 
 std::vector<at::Tensor> masked_topk_cpu(at::TensorList scores, at::TensorList unmasked, int64_t k) {
@@ -245,7 +257,17 @@ std::vector<at::Tensor> masked_topk_id3_cpu(at::TensorList params, at::TensorLis
                        static_cast<double>(value_of_key(cut))},
                       keys);
       };
-      return select_small_k<key_t>(numels, unmasked, k, params[0].options().dtype(at::kLong), tile_keys);
+      const auto flag_kernel = cpu::id3_tiles_at_most.get();
+      auto tiles_at_most = [&](size_t t, int64_t begin, int64_t len, key_t cut, uint8_t* flags) {
+        const size_t item = params[t].element_size();
+        flag_kernel({params[t].scalar_type(), cpu::offset(params[t].const_data_ptr(), begin, item),
+                     cpu::offset(in.grads[t].const_data_ptr(), begin, item), nullptr, len, eps, exponent, true,
+                     static_cast<double>(value_of_key(cut))},
+                    flags);
+        return true;
+      };
+      return select_small_k<key_t>(numels, unmasked, k, params[0].options().dtype(at::kLong), tile_keys,
+                                   tiles_at_most);
     }
     // Large k: H into zeroed scores (a non-finite H is left at 0 by the update), then the radix select.
     using score_t = std::conditional_t<sizeof(key_t) == 8, double, float>;

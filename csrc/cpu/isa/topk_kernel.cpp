@@ -4,6 +4,8 @@
 
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
+
 #include "winnow/importance_update.h"
 #include "winnow/order_key.h"
 
@@ -59,6 +61,33 @@ bool id3_tile_at_most(const scalar_t* __restrict p, const scalar_t* __restrict g
   return all != 0;
 }
 
+void tiles_at_most(const Id3Tile& r, uint8_t* flags) {
+  const int64_t tiles = (r.len + kTopkTile - 1) / kTopkTile;
+  std::fill(flags, flags + tiles, uint8_t{0});
+  WINNOW_ISA_DISPATCH_FLOATING_WITH_HALF(r.dtype, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    importance::dispatch_exponent(r.exponent, [&](auto kind) {
+      constexpr importance::Exponent E = decltype(kind)::value;
+      if constexpr (E != importance::Exponent::General) {
+        const auto* p = static_cast<const scalar_t*>(r.param);
+        const auto* g = static_cast<const scalar_t*>(r.grad);
+        const auto c = importance::id3_coeffs<acc_t>(r.eps, r.exponent, 0.0);
+        const auto cut = static_cast<acc_t>(r.cut);
+        constexpr int64_t kStretches = 4;  // x2 streams (p, g): what one core keeps in flight best
+        const int64_t per = (tiles + kStretches - 1) / kStretches;
+        for (int64_t i = 0; i < per; ++i) {
+          for (int64_t s = 0; s < kStretches; ++s) {
+            const int64_t tile = s * per + i;
+            if (tile >= tiles) break;
+            const int64_t b = tile * kTopkTile;
+            flags[tile] = id3_tile_at_most<E>(p + b, g + b, std::min(kTopkTile, r.len - b), c, cut);
+          }
+        }
+      }
+    });
+  });
+}
+
 template <typename key_t>
 key_t id3_tile_keys(const Id3Tile& t, key_t* keys) {
   bool skipped = false;
@@ -87,6 +116,7 @@ WINNOW_REGISTER_ISA_KERNEL(tile_keys_float, (&tile_keys<float, uint32_t>));
 WINNOW_REGISTER_ISA_KERNEL(tile_keys_double, (&tile_keys<double, uint64_t>));
 WINNOW_REGISTER_ISA_KERNEL(id3_tile_keys_float, (&id3_tile_keys<uint32_t>));
 WINNOW_REGISTER_ISA_KERNEL(id3_tile_keys_double, (&id3_tile_keys<uint64_t>));
+WINNOW_REGISTER_ISA_KERNEL(id3_tiles_at_most, &tiles_at_most);
 
 }  // namespace
 }  // namespace winnow::cpu
