@@ -31,7 +31,7 @@ def batches(n=2, seed=1):
 def test_group_importance_is_the_sum_of_its_layers_structure_scores():
     model = cnn().eval()
     data = batches()
-    imp = OBAImportance(loss_fn, data, group_reduction="sum", normalizer=None)
+    imp = OBAImportance(loss_fn, data, curvature="full", group_reduction="sum", normalizer=None)
     imp.refresh(model)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 1, 12, 12))
     group = dg.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(8)))

@@ -14,6 +14,7 @@ then measures):
   derivative is held constant). On ReLU networks this is (path degree - 1) theta * g per
   parameter: a path-weighted first-order Taylor score. The paper's released code also linearises
   elementwise JVPs at the tangent instead of the activation; that bug is not reproduced.
+  OBAImportance's default: of the four it pruned best (README, the pruning study).
 - "self": C = H_SS, each structure S's own diagonal block: the structure sums to
   1/2 theta_S^T H_SS theta_S, the second-order cost of removing S alone (winnow.oba_self).
 - "fisher": the same quantity estimated as 1/2 mean over examples of (theta_S . grad l_n)^2, from

@@ -31,9 +31,14 @@ class OBAImportance(tp.importance.GroupMagnitudeImportance):
     the next layer's input channel); "self" and "fisher" score what removing the channel zeroes,
     which is the layers' output channels (a norm that directly follows included), so only those
     enter (a group's norm where no layer owns it). Call `refresh(model)` before each pruning step:
-    the scores describe the model as it is then."""
+    the scores describe the model as it is then.
 
-    def __init__(self, loss_fn: Callable, batches: Iterable, curvature: str = "full", first_order: bool = False,
+    The defaults, curvature "oba" (the paper's H minus Gauss-Newton) with the per-group "mean"
+    normaliser, are the ones that kept the most accuracy of the OBA scores in the pruning study
+    (README: the Fashion-MNIST CNN at 50/25/10% FLOPs, 2 dense models x 4 draws of the score
+    batches), right after pruning and after fine-tuning; "full" is the authors' FastOBA score."""
+
+    def __init__(self, loss_fn: Callable, batches: Iterable, curvature: str = "oba", first_order: bool = False,
                  group_reduction: str = "mean", normalizer: str = "mean"):
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")

@@ -167,12 +167,13 @@ def load_data(args):
 
 def parser(prog="python -m winnow.demo.prune") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--methods", nargs="+", default=["oba", "magnitude", "taylor", "oba-paper"], choices=METHODS,
-                    help="OBA's curvatures (winnow.oba): oba = full Hessian (FastOBA), oba-paper = H - Gauss-Newton, "
-                         "oba-self = each channel's own quadratic (exact), oba-fisher = its per-example estimate; "
-                         "magnitude and taylor: Torch-Pruning's importances")
+    ap.add_argument("--methods", nargs="+", default=["oba-paper", "oba", "magnitude", "taylor"], choices=METHODS,
+                    help="OBA's curvatures (winnow.oba): oba-paper = H - Gauss-Newton (OBAImportance's default: the "
+                         "best OBA score in the README's study), oba = full Hessian (the authors' FastOBA), oba-self "
+                         "= each channel's own quadratic (exact), oba-fisher = its per-example estimate; magnitude and "
+                         "taylor: Torch-Pruning's importances")
     ap.add_argument("--normalizer", default="mean", choices=NORMALIZERS,
-                    help="Torch-Pruning's per-group normaliser of every method's scores")
+                    help="Torch-Pruning's per-group normaliser of every method's scores (mean: the study's best)")
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.25, 0.1], help="FLOPs kept, as fractions")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--finetune-steps", type=int, default=150)
