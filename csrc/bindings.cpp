@@ -26,6 +26,10 @@ TORCH_LIBRARY(winnow, m) {
   // ID3's selection from (param, grad) in one pass, CPU only (csrc/cpu/masked_topk.cpp)
   m.def("_masked_topk_id3(Tensor[] params, Tensor[] grads, Tensor[] unmasked, int k, float eps, float exponent) "
         "-> Tensor[]");
+  // the same, leaving out H below `at_least` while it can (ID3 passes the last step's k-th best H;
+  // same result), and returning this selection's k-th best H
+  m.def("_masked_topk_id3_from(Tensor[] params, Tensor[] grads, Tensor[] unmasked, int k, float eps, float exponent, "
+        "float at_least) -> (Tensor[] chosen, Tensor kth)");
   // ID3's per-step bookkeeping of the elements it unmasks, all parameters in one call (id3_unmask_aten.cpp)
   m.def(
       "_id3_unmask(Tensor[] params, Tensor[] chosen, Tensor[] active_blocks, Tensor[] block_steps, "

@@ -207,6 +207,40 @@ def test_id3_topk_finds_scores_one_ulp_above_the_cut_late_in_the_scan(dtype, exp
     assert (h_of[late] > h_of[0]).all() and set(late.tolist()) <= set(got.tolist())  # the case is what it claims
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("sizes, frac", [([7, 4097, 70001], 0.001), ([70001, 5], 0.01), ([300], 0.2)])
+def test_a_floor_on_h_changes_nothing_but_the_work(dtype, exponent, sizes, frac):
+    """_masked_topk_id3_from leaves out H below `at_least` from the start (ID3 passes the last
+    step's k-th best): the selection equals the floorless one whether the floor is below the k-th
+    best H, at it (ties at the floor included), or above it (the scan runs again), and it
+    returns the k-th best H."""
+    gen = torch.Generator().manual_seed(7)
+    params, grads, masks = id3_case(gen, sizes, dtype, 0.3)
+    k = max(1, int(sum(int((~m).sum()) for m in masks) * frac))
+    want = torch.ops.winnow._masked_topk_id3(params, grads, masks, k, 1e-3, exponent)
+    _, kth = torch.ops.winnow._masked_topk_id3_from(params, grads, masks, k, 1e-3, exponent, 0.0)
+    kth = float(kth)
+    h = torch.cat([(g.double().abs() / (p.double().abs() + 1e-3) ** exponent).nan_to_num(0, 0, 0)[~m]
+                   for p, g, m in zip(params, grads, masks)])
+    if 64 * k <= h.numel():  # the small-k path reports it (the large-k path returns 0)
+        assert kth == pytest.approx(float(h.sort(descending=True).values[k - 1]), rel=1e-2)
+    for at_least in (0.0, kth / 4, kth, torch.nextafter(torch.tensor(kth), torch.tensor(0.0)).item(), kth * 4, 1e30):
+        got, again = torch.ops.winnow._masked_topk_id3_from(params, grads, masks, k, 1e-3, exponent, at_least)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), at_least
+        assert float(again) == kth
+    with pytest.raises(ValueError, match="at_least must be finite"):
+        torch.ops.winnow._masked_topk_id3_from(params, grads, masks, k, 1e-3, exponent, float("nan"))
+
+
+def test_id3_topk_from_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    p = [torch.randn(500, generator=gen), torch.randn(3, 10, generator=gen)]
+    g = [torch.randn(500, generator=gen), torch.randn(3, 10, generator=gen)]
+    m = [torch.rand(500, generator=gen) < 0.5, torch.rand(3, 10, generator=gen) < 0.5]
+    torch.library.opcheck(torch.ops.winnow._masked_topk_id3_from.default, (p, g, m, 3, 1e-8, 1.0, 0.5))
+
+
 def test_id3_topk_without_masks_and_a_non_finite_h_counts_as_zero():
     p = [torch.tensor([1.0, 1.0, 1.0, 1.0])]
     g = [torch.tensor([float("inf"), 0.0, float("nan"), -2.0])]

@@ -203,6 +203,11 @@ def _masked_topk_id3_fake(params, grads, unmasked, k, eps, exponent):
     return _selection(op, "params", params, unmasked, k)
 
 
+@torch.library.register_fake("winnow::_masked_topk_id3_from")
+def _masked_topk_id3_from_fake(params, grads, unmasked, k, eps, exponent, at_least):
+    return _masked_topk_id3_fake(params, grads, unmasked, k, eps, exponent), params[0].new_empty((), dtype=torch.float64)
+
+
 def _chosen(op: str, chosen) -> None:
     for i, c in enumerate(chosen):
         torch._check_type(c.dtype == torch.int64 and c.dim() == 1, lambda: f"{op}: chosen[{i}] must be a 1-D int64 "

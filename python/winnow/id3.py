@@ -153,6 +153,7 @@ class ID3(MaskedAdamW):
         # Unit scores only where the selection needs them stored (blocks, or shards): with one
         # element per unit, ops.id3_topk computes H inside the selection.
         self._fused = block_size == 1 and not self._sharded
+        self._h_floor = 0.0  # the fused CPU scan's floor on H (a speed hint, not state: see _select)
         # one unit per element: the masks shaped like their parameters, as the kernels take them
         # (views, so they follow every in-place change)
         self._unmasked_shaped = [m.view(self._local(p).shape) for m, p in zip(self._unmasked, self._params)
@@ -207,7 +208,15 @@ class ID3(MaskedAdamW):
         if k == 0:  # budget < total_steps leaves its late steps nothing to unmask: no scan (every rank alike)
             return none
         unmasked = [self._unmasked[i] for i in idx]
-        if self._fused:
+        if self._fused and local[0].device.type == "cpu":
+            # The CPU scan leaves out H below a floor while at least k entries reach it (same
+            # result, fewer tiles keyed): half the last step's k-th best H, which moves little.
+            chosen, kth = torch.ops.winnow._masked_topk_id3_from(
+                local, grads, [self._unmasked_shaped[i] for i in idx], k, self.id3_eps, self.id3_exponent,
+                self._h_floor)
+            self._h_floor = 0.5 * float(kth)  # a CPU tensor: no device sync
+            counts = [c.numel() for c in chosen]
+        elif self._fused:
             chosen = ops.id3_topk(local, grads, [self._unmasked_shaped[i] for i in idx], k,
                                   eps=self.id3_eps, exponent=self.id3_exponent)
             counts = [c.numel() for c in chosen]
