@@ -85,3 +85,27 @@ def test_bad_input_names_the_argument():
         ops.softmax_tangent_backward(p, p, torch.rand(5))
     with pytest.raises(TypeError, match="tensors"):
         ops.softmax_tangent([0.5], p)
+
+
+def test_calls_that_need_no_gradient_skip_the_autograd_wrapper_and_the_rest_keep_it():
+    """ops.softmax_tangent / ops.act_tangent go past the Python autograd registration when no input
+    requires grad (same values, no graph); with one that does they stay differentiable, and
+    inside a torch.func transform they take the registered path as before."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4, 9, generator=gen, dtype=torch.float64), -1)
+    ds = torch.randn(4, 9, generator=gen, dtype=torch.float64)
+    plain = ops.softmax_tangent(p, ds)
+    assert plain.grad_fn is None and torch.equal(plain, torch.ops.winnow.softmax_tangent(p, ds))
+    y, dy = ops.act_tangent(ds, p, "gelu")
+    assert y.grad_fn is None and dy.grad_fn is None
+    leaf = ds.clone().requires_grad_()
+    out = ops.softmax_tangent(p, leaf)
+    assert out.grad_fn is not None
+    (g,) = torch.autograd.grad(out.square().sum(), leaf)
+    torch.testing.assert_close(g, reference.softmax_tangent_backward(p, ds, 2 * plain)[1], rtol=1e-12, atol=1e-12)
+    (gz,) = torch.autograd.grad(ops.act_tangent(leaf, p, "gelu")[1].sum(), leaf)
+    assert gz.abs().sum() > 0
+    # torch.func transforms keep the registered path, and its refusal (not a silent zero gradient)
+    for f in (lambda d: ops.softmax_tangent(p, d).square().sum(), lambda z: ops.act_tangent(z, p, "gelu")[1].sum()):
+        with pytest.raises(RuntimeError, match="functorch transforms"):
+            torch.func.grad(f)(ds)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from winnow.dtypes import stat_dtype
 
@@ -272,12 +273,24 @@ def oba_channel_sums(scores: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
     return torch.ops.winnow.oba_channel_sums(scores, groups)
 
 
+def _differentiable_call(op, tensors, *args):
+    """op(*args) for an op whose autograd is registered from Python: past that wrapper (~8 us a
+    call, more than a small input's math) when nothing can need it, i.e. no input requires grad
+    and no torch.func transform, forward-mode AD level or torch.compile trace is active (those
+    keep the registered path, and its errors)."""
+    if (torch.compiler.is_compiling() or any(t.requires_grad for t in tensors)
+            or torch._C._functorch.peek_interpreter_stack() is not None or forward_ad._current_level >= 0):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def softmax_tangent(p: Tensor, ds: Tensor) -> Tensor:
     """The softmax's forward tangent along the last dim, p * (ds - <p, ds>), from its output p
     and its input's tangent ds, without the n x n Jacobian. Differentiable (fused backward)."""
     if not isinstance(p, Tensor) or not isinstance(ds, Tensor):
         raise TypeError(f"p and ds must be tensors, got {type(p).__name__} and {type(ds).__name__}")
-    return torch.ops.winnow.softmax_tangent(p, ds)
+    return _differentiable_call(torch.ops.winnow.softmax_tangent.default, (p, ds), p, ds)
 
 
 def softmax_tangent_backward(p: Tensor, ds: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -314,7 +327,7 @@ def act_tangent(z: Tensor, dz: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     fused pass too, gz = gy f'(z) + gdy f''(z) dz and gdz = gdy f'(z)."""
     if not isinstance(z, Tensor) or not isinstance(dz, Tensor):
         raise TypeError(f"z and dz must be tensors, got {type(z).__name__} and {type(dz).__name__}")
-    return torch.ops.winnow.act_tangent(z, dz, _act_kind(kind))
+    return _differentiable_call(torch.ops.winnow.act_tangent.default, (z, dz), z, dz, _act_kind(kind))
 
 
 def act_tangent_backward(z: Tensor, dz: Tensor, gy: Tensor, gdy: Tensor, kind: str) -> tuple[Tensor, Tensor]:
