@@ -98,6 +98,32 @@ def test_one_op_bookkeeping_equals_the_per_parameter_path(amsgrad):
                 assert x.dtype == y.dtype and torch.equal(x, y)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_unmask_kernels_match_their_aten_composition(amsgrad):
+    """The CPU kernels of _id3_unmask / _id3_mark_unmasked against the ATen composition that
+    serves other devices (reached by redispatching past the CPU kernel): dtypes, empty lists."""
+    gen = torch.Generator().manual_seed(2)
+    params = [torch.randn(37, generator=gen), torch.randn(3, 5, generator=gen).double(),
+              torch.randn(4097, generator=gen).bfloat16(), torch.randn(6, generator=gen)]
+    chosen = [torch.tensor([0, 5, 36]), torch.tensor([2, 14]), torch.randperm(4097, generator=gen)[:40].sort().values,
+              torch.zeros(0, dtype=torch.int64)]
+    blocks = [torch.tensor([1, 9]), torch.zeros(0, dtype=torch.int64), torch.tensor([7]), torch.tensor([0, 1, 2])]
+    steps = [torch.arange(1, b.numel() + 1, dtype=torch.int32) for b in blocks]
+    moments = lambda: [torch.rand(b.numel(), generator=gen, dtype=torch.float64 if p.dtype == torch.float64  # noqa: E731
+                                  else torch.float32) for b, p in zip(blocks, params)]
+    args = (params, chosen, blocks, steps, moments(), moments(), moments() if amsgrad else [])
+    composite = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    got = torch.ops.winnow._id3_unmask(*args)
+    want = torch.ops.winnow._id3_unmask.default.redispatch(composite, *args)
+    for g, w in zip(got, want):
+        assert len(g) == len(w) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(g, w))
+    masks = [torch.zeros(p.numel(), dtype=torch.bool) for p in params]
+    twins = [m.clone() for m in masks]
+    torch.ops.winnow._id3_mark_unmasked(masks, chosen)
+    torch.ops.winnow._id3_mark_unmasked.default.redispatch(composite, twins, chosen)
+    assert all(torch.equal(a, b) for a, b in zip(masks, twins)) and sum(int(m.sum()) for m in masks) == 45
+
+
 def test_unmask_ops_check_their_lists():
     p, mask = torch.randn(5), torch.zeros(5, dtype=torch.bool)
     state = ([torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int32)], [torch.zeros(0)],
