@@ -17,56 +17,26 @@
 #include <tuple>
 #include <vector>
 
+#include "winnow/id3_unmask.h"
+
 namespace winnow::id3 {
 namespace {
 
-using Lists = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                         std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
-
-at::Tensor append_zeros(const at::Tensor& t, int64_t n) {
-  return at::cat({t, at::zeros({n}, t.options())});
-}
-
-void check_chosen(const char* op, const at::Tensor& c, size_t t) {
-  TORCH_CHECK_TYPE(c.scalar_type() == at::kLong && c.dim() == 1, op, ": chosen[", t, "] must be a 1-D int64 tensor");
-}
+struct Aten {
+  at::Tensor gather(const at::Tensor& p, const at::Tensor& idx) const {
+    return p.reshape({-1}).index_select(0, idx);  // range-checked before anything is written
+  }
+  at::Tensor concat(const at::Tensor& blocks, const at::Tensor& idx) const { return at::cat({blocks, idx}); }
+  at::Tensor zeros_after(const at::Tensor& t, int64_t n) const { return at::cat({t, at::zeros({n}, t.options())}); }
+};
 
 Lists id3_unmask(at::TensorList params, at::TensorList chosen, at::TensorList active_blocks, at::TensorList block_steps,
                  at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs) {
-  const char* op = "_id3_unmask";
-  const size_t n = params.size();
-  for (const auto& [name, size] : {std::pair{"chosen", chosen.size()},
-                                   {"active_blocks", active_blocks.size()}, {"block_steps", block_steps.size()},
-                                   {"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()}}) {
-    TORCH_CHECK_VALUE(size == n, op, ": ", name, " has ", size, " tensors but params has ", n);
-  }
-  const bool amsgrad = !max_exp_avg_sqs.empty();
-  TORCH_CHECK_VALUE(!amsgrad || max_exp_avg_sqs.size() == n, op, ": max_exp_avg_sqs has ", max_exp_avg_sqs.size(),
-                    " tensors but params has ", n, " (or pass none)");
-  std::vector<at::Tensor> initial(n), blocks(n), steps(n), m(n), v(n), vmax(amsgrad ? n : 0);
-  for (size_t t = 0; t < n; ++t) {
-    const at::Tensor& c = chosen[t];
-    check_chosen(op, c, t);
-    const int64_t k = c.numel();
-    initial[t] = params[t].reshape({-1}).index_select(0, c);  // range-checked
-    blocks[t] = at::cat({active_blocks[t], c});
-    steps[t] = append_zeros(block_steps[t], k);
-    m[t] = append_zeros(exp_avgs[t], k);
-    v[t] = append_zeros(exp_avg_sqs[t], k);
-    if (amsgrad) vmax[t] = append_zeros(max_exp_avg_sqs[t], k);
-  }
-  return {initial, blocks, steps, m, v, vmax};
+  return unmask_with(Aten{}, params, chosen, active_blocks, block_steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs);
 }
 
 void id3_mark_unmasked(at::TensorList unmasked, at::TensorList chosen) {
-  const char* op = "_id3_mark_unmasked";
-  TORCH_CHECK_VALUE(chosen.size() == unmasked.size(), op, ": chosen has ", chosen.size(),
-                    " tensors but unmasked has ", unmasked.size());
-  for (size_t t = 0; t < unmasked.size(); ++t) {  // all checked before any is written
-    check_chosen(op, chosen[t], t);
-    TORCH_CHECK_TYPE(unmasked[t].scalar_type() == at::kBool, op, ": unmasked[", t, "] must be a bool tensor");
-    TORCH_CHECK_VALUE(unmasked[t].is_contiguous(), op, ": unmasked[", t, "] must be contiguous");
-  }
+  check_mark(unmasked, chosen);  // all checked before any is written
   // (index_fill_ checks the range; ID3 calls _id3_unmask first, whose index_select checks it on
   // tensors of the same sizes before anything is written, without a host sync)
   for (size_t t = 0; t < unmasked.size(); ++t) unmasked[t].view({-1}).index_fill_(0, chosen[t], true);
