@@ -10,7 +10,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "winnow/masked_topk.h"
 
@@ -99,11 +101,24 @@ std::vector<at::Tensor> masked_topk_id3_aten(at::TensorList params, at::TensorLi
   return masked_topk_aten(flat_scores, flat_masks, k);
 }
 
+// _masked_topk_id3_from off the CPU: the floor only spares the CPU scan work, so the selection
+// above ignores it (same result) and reports no k-th best H (0: the next call has no floor).
+std::tuple<std::vector<at::Tensor>, at::Tensor> masked_topk_id3_from_aten(at::TensorList params, at::TensorList grads,
+                                                                         at::TensorList unmasked, int64_t k,
+                                                                         double eps, double exponent,
+                                                                         double at_least) {
+  TORCH_CHECK_VALUE(std::isfinite(at_least), "_masked_topk_id3: at_least must be finite, got ", at_least);
+  return {masked_topk_id3_aten(params, grads, unmasked, k, eps, exponent),
+          at::zeros({}, params.empty() ? at::TensorOptions().dtype(at::kDouble)
+                                       : params[0].options().dtype(at::kDouble))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(winnow, CompositeExplicitAutograd, m) {
   m.impl("_masked_topk_aten", &masked_topk_aten);
   m.impl("_masked_topk_id3", &masked_topk_id3_aten);
+  m.impl("_masked_topk_id3_from", &masked_topk_id3_from_aten);
 }
 
 }  // namespace winnow::topk

@@ -233,6 +233,18 @@ def test_a_floor_on_h_changes_nothing_but_the_work(dtype, exponent, sizes, frac)
         torch.ops.winnow._masked_topk_id3_from(params, grads, masks, k, 1e-3, exponent, float("nan"))
 
 
+def test_a_floor_off_the_cpu_is_ignored():
+    """_masked_topk_id3_from's ATen composition (devices without the fused scan, reached here by
+    redispatching past the CPU kernel): the same selection, the floor ignored, no k-th best."""
+    gen = torch.Generator().manual_seed(5)
+    params, grads, masks = id3_case(gen, [7, 4097, 70001], torch.float32, 0.3)
+    op = torch.ops.winnow._masked_topk_id3_from.default
+    composite = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    fused, kth = op(params, grads, masks, 50, 1e-3, 1.0, 0.0)
+    composed, none = op.redispatch(composite, params, grads, masks, 50, 1e-3, 1.0, 2 * float(kth))
+    assert all(torch.equal(a, b) for a, b in zip(fused, composed)) and float(kth) > 0 and float(none) == 0.0
+
+
 def test_id3_topk_from_opcheck():
     gen = torch.Generator().manual_seed(0)
     p = [torch.randn(500, generator=gen), torch.randn(3, 10, generator=gen)]
