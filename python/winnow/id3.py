@@ -215,11 +215,9 @@ class ID3(MaskedAdamW):
                 local, grads, [self._unmasked_shaped[i] for i in idx], k, self.id3_eps, self.id3_exponent,
                 self._h_floor)
             self._h_floor = 0.5 * float(kth)  # a CPU tensor: no device sync
-            counts = [c.numel() for c in chosen]
         elif self._fused:
             chosen = ops.id3_topk(local, grads, [self._unmasked_shaped[i] for i in idx], k,
                                   eps=self.id3_eps, exponent=self.id3_exponent)
-            counts = [c.numel() for c in chosen]
         else:
             # zeros first: a non-finite H (left untouched by the update) counts as 0, as in ops.id3_topk
             for i in idx:
@@ -238,11 +236,12 @@ class ID3(MaskedAdamW):
                     s = self._scores[i].view(-1)
                     pad = self._units[i] * bs - s.numel()
                     unit_scores.append(torch.nn.functional.pad(s, (0, pad)).view(-1, bs).sum(1))
-            if self._sharded:
+            if self._sharded:  # (its counts: every rank's unmasked units, for the global totals)
                 chosen, counts = sharded_topk(unit_scores, unmasked, [self._offsets[i] for i in idx], k)
             else:
                 chosen = ops.masked_topk(unit_scores, unmasked, k)
-                counts = [c.numel() for c in chosen]
+        if not self._sharded:
+            counts = [c.numel() for c in chosen]
         out = none
         for i, c, n in zip(idx, chosen, counts):
             out[i] = c

@@ -282,8 +282,7 @@ class MaskedAdamW(torch.optim.Optimizer):
             amsgrad = group["amsgrad"]
             keys = self._keys(group)
             # per device, the op's argument lists (params, grads, exp_avgs, exp_avg_sqs,
-            # max_exp_avg_sqs, active blocks, block steps, block sizes); this loop is most of the
-            # step's host time at low density, so a plain parameter takes the short way
+            # max_exp_avg_sqs, active blocks, block steps, block sizes), in one pass
             by_device: dict[torch.device, list[list]] = {}
             for p in group["params"]:
                 if p.grad is None:
@@ -294,12 +293,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 columns = by_device.get(p.device)
                 if columns is None:
                     columns = by_device[p.device] = [[] for _ in range(8)]
-                if shards.is_sharded(p):
-                    views = self._kernel_views(p, amsgrad)
-                else:
-                    views = ((p, p.grad, state[keys[0]], state[keys[1]], state[keys[2]] if amsgrad else None,
-                              state["active_blocks"], state["block_step"], state["block_size"]),)
-                for view in views:
+                for view in self._kernel_views(p, state, keys):
                     for column, x in zip(columns, view):
                         column.append(x)
             beta1, beta2 = group["betas"]
@@ -319,16 +313,14 @@ class MaskedAdamW(torch.optim.Optimizer):
                 )
         return loss
 
-    def _kernel_views(self, p: Tensor, amsgrad: bool) -> list[tuple]:
+    def _kernel_views(self, p: Tensor, state: dict, keys: tuple[str, ...]) -> list[tuple]:
         """(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, active blocks, block steps, block size)
         of what the fused step updates. A plain parameter is one entry. A shard is the run of
         blocks that starts at a block boundary, and before it, when the shard starts inside a
         block held by the previous rank, that block's part (one block of `head` elements, the
         slots of its state row that those elements have in the whole block); block indices become
         the segment's own."""
-        state = self.state[p]
-        keys = self._keys({"amsgrad": amsgrad})
-        moments = [state[k] for k in keys] + ([None] if not amsgrad else [])
+        moments = [state[k] for k in keys] + ([None] if len(keys) == 2 else [])
         if not shards.is_sharded(p):
             return [(p, p.grad, *moments, state["active_blocks"], state["block_step"], state["block_size"])]
         bs, blocks = state["block_size"], state["active_blocks"]
