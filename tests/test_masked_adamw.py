@@ -118,6 +118,46 @@ def test_grad_none_is_skipped(device):
     assert torch.equal(w, before) and w not in opt.state
 
 
+def test_kept_step_lists_follow_every_change(device):
+    """The step keeps its argument lists between steps: after each kind of change (masks set,
+    grown, emptied, grads gone and back, amsgrad switched, state reloaded, a copy pickled) it
+    must update exactly what an optimizer that rebuilds them every step updates."""
+    models = [make_model(device) for _ in range(2)]
+    opts = [MaskedAdamW(groups(m), lr=0.05, weight_decay=0.1, block_size=8) for m in models]
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 13, generator=gen).to(device)
+
+    def step_both(change=None):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            if change is not None:
+                change(model, opt)
+        opts[1]._plans.clear()  # the second one rebuilds its lists
+        for opt in opts:
+            opt.step()
+        for a, b in zip(*(m.parameters() for m in models)):
+            assert torch.equal(a, b)
+
+    def set_mask(model, opt):
+        w = model[0].weight
+        opt.set_mask(w, torch.arange(opt.num_blocks(w), device=device) % 3 == 0)
+
+    step_both()
+    step_both()
+    step_both(set_mask)
+    step_both(lambda m, o: o._append_fresh(m[0].weight, torch.tensor([1, 4], device=device)))
+    step_both(lambda m, o: setattr(m[2].weight, "grad", None))
+    step_both()
+    step_both(lambda m, o: o.deactivate(m[0].bias))
+    step_both(lambda m, o: o.activate(m[0].bias))
+    step_both(lambda m, o: o.load_state_dict(copy.deepcopy(o.state_dict())))
+    models[0], opts[0] = copy.deepcopy((models[0], opts[0]))  # through __getstate__ / __setstate__
+    step_both()
+    step_both(lambda m, o: o.param_groups[0]["params"].pop())  # a param leaves its group
+    step_both()
+
+
 def test_state_bytes_proportional_to_density(device):
     p = torch.randn(64 * 1000, device=device, requires_grad=True)
     dense = MaskedAdamW([p], block_size=64)
