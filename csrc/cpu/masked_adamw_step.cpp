@@ -2,6 +2,8 @@
 // isa/masked_adamw_kernel.cpp): checks, step counts, and the chunks shared out among threads.
 #include "winnow/masked_adamw_step.h"
 
+#include <algorithm>
+
 #include <torch/library.h>
 
 #include "isa/masked_adamw_kernel.h"
@@ -23,23 +25,49 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
                                    block_sizes, lr, beta1, beta2, weight_decay, eps, amsgrad, grad_scale, found_inf);
   const size_t n = params.size();
   // Block indices are the optimizer's bookkeeping; a bad one would write out of bounds, so
-  // check them all before anything is modified (O(active blocks), cheap next to the update).
+  // check them all before anything is modified, then count the step of every active block.
+  // Both passes share the threads (at density 1 with 64-element blocks they read 3 MB, ~0.4 ms
+  // on one core): a min / max per chunk that vectorises, the first bad index found only for
+  // the message.
+  std::vector<int64_t> blocks_of(n), work(n);  // active blocks, compact elements of each tensor
+  int64_t total_blocks = 0;
   for (size_t i = 0; i < n; ++i) {
+    blocks_of[i] = active_blocks[i].numel();
+    work[i] = blocks_of[i] * block_sizes[i];
+    total_blocks += blocks_of[i];
+  }
+  // a pass over the block lists: on this thread when they are short (a parallel region costs
+  // more than it saves below ~64k blocks)
+  auto over_blocks = [&](auto&& body) {
+    if (total_blocks >= (int64_t{1} << 16)) return cpu::for_each_chunk(blocks_of, body);
+    std::vector<int64_t> per_tensor(n);
+    for (size_t i = 0; i < n; ++i) per_tensor[i] = body(cpu::Chunk{i, 0, blocks_of[i]});
+    return per_tensor;
+  };
+  const auto out_of_range = over_blocks([&](const cpu::Chunk& ch) -> int64_t {
+    const int64_t* b = active_blocks[ch.tensor].const_data_ptr<int64_t>();
+    int64_t lo = 0, hi = 0;
+    for (int64_t j = ch.begin; j < ch.end; ++j) {
+      lo = std::min(lo, b[j]);
+      hi = std::max(hi, b[j]);
+    }
+    return lo < 0 || hi >= num_blocks(params[ch.tensor].numel(), block_sizes[ch.tensor]);
+  });
+  for (size_t i = 0; i < n; ++i) {
+    if (out_of_range[i] == 0) continue;
     const int64_t nb = num_blocks(params[i].numel(), block_sizes[i]);
     const int64_t* b = active_blocks[i].const_data_ptr<int64_t>();
-    for (int64_t j = 0; j < active_blocks[i].numel(); ++j) {
+    for (int64_t j = 0; j < blocks_of[i]; ++j) {
       TORCH_CHECK_VALUE(block_in_range(b[j], nb), block_range_message(i, b[j], nb, block_sizes[i]));
     }
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // AMP: skip the whole step
   const double scale = grad_scale.has_value() ? static_cast<double>(grad_scale->item<float>()) : 1.0;
-
-  std::vector<int64_t> work(n);  // compact elements of each tensor
-  for (size_t i = 0; i < n; ++i) {
-    int32_t* steps = block_steps[i].data_ptr<int32_t>();
-    for (int64_t j = 0; j < block_steps[i].numel(); ++j) steps[j] += 1;
-    work[i] = active_blocks[i].numel() * block_sizes[i];
-  }
+  over_blocks([&](const cpu::Chunk& ch) -> int64_t {
+    int32_t* steps = block_steps[ch.tensor].data_ptr<int32_t>();
+    for (int64_t j = ch.begin; j < ch.end; ++j) steps[j] += 1;
+    return 0;
+  });
   const auto kernel = cpu::masked_adamw_chunk.get();
   cpu::for_each_chunk(work, [&](const cpu::Chunk& ch) -> int64_t {
     const size_t t = ch.tensor;

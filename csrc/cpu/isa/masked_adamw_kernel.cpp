@@ -36,6 +36,17 @@ inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, 
   }
 }
 
+// True when blocks [first, last) follow each other in the parameter and share one step count:
+// then the chunk is one range (at density 1, every chunk). A loop without an early exit, so it
+// vectorises: the block-by-block walk below costs ~2 ns a block, 1/20 of a 64-element update.
+inline bool one_run(const int64_t* __restrict blocks, const int32_t* __restrict steps, int64_t first, int64_t last) {
+  int same = 1;
+  for (int64_t j = first + 1; j < last; ++j) {
+    same &= static_cast<int>(blocks[j] == blocks[j - 1] + 1) & static_cast<int>(steps[j] == steps[first]);
+  }
+  return same != 0;
+}
+
 void chunk(const AdamwChunk& a) {
   const int64_t bs = a.block_size, numel = a.numel;
   const int64_t* blocks = a.blocks;
@@ -54,6 +65,14 @@ void chunk(const AdamwChunk& a) {
     constexpr int64_t kAhead = 12;  // blocks
     int64_t fetched = a.begin / bs;  // blocks before this one have been prefetched
     adamw::dispatch_flags(a.amsgrad, a.maximize, [&](auto ams, auto maxi) {
+      if (one_run(blocks, steps, a.begin / bs, last_block)) {
+        const int64_t j = a.begin / bs;
+        const int64_t first = blocks[j] * bs + (a.begin - j * bs);
+        update_range<decltype(ams)::value, decltype(maxi)::value>(
+            p + first, g + first, m + a.begin, v + a.begin, vmax ? vmax + a.begin : nullptr,
+            std::min(a.end - a.begin, numel - first), h, adamw::block_coeffs(h, steps[j]));
+        return;
+      }
       for (int64_t pos = a.begin; pos < a.end;) {
         const int64_t j = pos / bs;
         // A run: following blocks that are also next in the parameter and share the step are
