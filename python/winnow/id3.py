@@ -1,5 +1,6 @@
 """ID3: step-by-step unmasking of individual parameters (ID^3, TACL 2025), as a drop-in optimizer."""
 import hashlib
+import operator
 from collections.abc import Iterable
 
 import torch
@@ -165,6 +166,8 @@ class ID3(MaskedAdamW):
         self._initial_steps = [[] for _ in self._params]  # the step of each entry of _initial
         self._count = [0] * len(self._params)  # unmasked units per parameter (this rank's), on the host
         self._global_count = [0] * len(self._params)  # unmasked units per parameter, all ranks
+        self._all = list(range(len(self._params)))
+        self._total_units_all = sum(self._total_units)
 
     @staticmethod
     def _local(p: Tensor) -> Tensor:
@@ -196,27 +199,33 @@ class ID3(MaskedAdamW):
     def _select(self) -> list[Tensor]:
         """Score the masked units and return the newly unmasked unit indices of each parameter."""
         none = [torch.zeros(0, dtype=torch.int64)] * len(self._params)
-        idx = [i for i, p in enumerate(self._params) if p.grad is not None]
-        if not idx:
-            return none
+        grads = [p.grad for p in self._params]
+        if all(g is not None for g in grads):  # (the common case: no per-parameter lists to build)
+            idx, local, unmasked, unmasked_shaped = self._all, self._params, self._unmasked, self._unmasked_shaped
+            masked = self._total_units_all - sum(self._global_count)
+        else:
+            idx = [i for i, g in enumerate(grads) if g is not None]
+            if not idx:
+                return none
+            grads = [grads[i] for i in idx]
+            local = [self._params[i] for i in idx]
+            unmasked = [self._unmasked[i] for i in idx]
+            unmasked_shaped = None if self._unmasked_shaped is None else [self._unmasked_shaped[i] for i in idx]
+            masked = sum(self._total_units[i] - self._global_count[i] for i in idx)  # host-side counts: no sync
+        if self._sharded:
+            local, grads = [self._local(p) for p in local], [self._local(g) for g in grads]
         bs = self.id3_block_size
-        local = [self._local(self._params[i]) for i in idx]  # (no_grad: no detach needed)
-        grads = [self._local(self._params[i].grad) for i in idx]
-        # host-side counts: no sync
-        masked = sum(self._total_units[i] - self._global_count[i] for i in idx)
         k = min(self.unmask_count_at(self.id3_step), masked)
         if k == 0:  # budget < total_steps leaves its late steps nothing to unmask: no scan (every rank alike)
             return none
-        unmasked = [self._unmasked[i] for i in idx]
         if self._fused and local[0].device.type == "cpu":
             # The CPU scan leaves out H below a floor while at least k entries reach it (same
             # result, fewer tiles keyed): half the last step's k-th best H, which moves little.
             chosen, kth = torch.ops.winnow._masked_topk_id3_from(
-                local, grads, [self._unmasked_shaped[i] for i in idx], k, self.id3_eps, self.id3_exponent,
-                self._h_floor)
+                local, grads, unmasked_shaped, k, self.id3_eps, self.id3_exponent, self._h_floor)
             self._h_floor = 0.5 * float(kth)  # a CPU tensor: no device sync
         elif self._fused:
-            chosen = ops.id3_topk(local, grads, [self._unmasked_shaped[i] for i in idx], k,
+            chosen = ops.id3_topk(local, grads, unmasked_shaped, k,
                                   eps=self.id3_eps, exponent=self.id3_exponent)
         else:
             # zeros first: a non-finite H (left untouched by the update) counts as 0, as in ops.id3_topk
@@ -224,7 +233,7 @@ class ID3(MaskedAdamW):
                 self._scores[i].zero_()
             ops.importance_update_id3(
                 local, grads, [self._scores[i] for i in idx],
-                [self._unmasked_shaped[i] for i in idx] if bs == 1 else None,
+                unmasked_shaped if bs == 1 else None,
                 eps=self.id3_eps, exponent=self.id3_exponent, beta=0.0,
                 nonfinite=torch.zeros(len(idx), dtype=torch.int64, device=local[0].device),
             )
@@ -242,6 +251,9 @@ class ID3(MaskedAdamW):
                 chosen = ops.masked_topk(unit_scores, unmasked, k)
         if not self._sharded:
             counts = [c.numel() for c in chosen]
+        if idx is self._all:
+            self._global_count = list(map(operator.add, self._global_count, counts))
+            return list(chosen)
         out = none
         for i, c, n in zip(idx, chosen, counts):
             out[i] = c

@@ -28,6 +28,7 @@ class _StepPlan:
         self.blocks = [None if s is None else s["active_blocks"] for s in states]
         self.launches = launches  # (device, the op's lists but the grads, positions of its grads or None)
         self.entries = entries  # per param: (launch, slot in its lists) or None when not in the step
+        self.launch_of = {device: i for i, (device, _, positions) in enumerate(launches) if positions is not None}
 
     def holds(self, group: dict, grads: list) -> bool:
         """True when the lists are right for this step (patched where a parameter's active blocks
@@ -43,10 +44,22 @@ class _StepPlan:
         for i, (now, then) in enumerate(zip(blocks, self.blocks)):
             if now is then:
                 continue
-            if self.entries[i] is None or now is None or now.numel() == 0:
-                return False  # the parameter joins or leaves the step
+            if now is None or now.numel() == 0:
+                return False  # the parameter leaves the step
+            state = self.states[i]
+            if self.entries[i] is None:  # it joins (ID3's first unmasked unit of it): appended
+                launch = self.launch_of.get(self.params[i].device)
+                if launch is None:
+                    return False
+                columns, positions = self.launches[launch][1:]
+                self.entries[i] = (launch, len(positions))
+                columns[0].append(self.params[i])
+                for column in (*columns[1:len(self.keys) + 1], *columns[4:6]):
+                    column.append(None)  # set below
+                columns[6].append(state["block_size"])
+                positions.append(i)
             launch, slot = self.entries[i]
-            columns, state = self.launches[launch][1], self.states[i]
+            columns = self.launches[launch][1]
             for column, key in zip(columns[1:], self.keys):
                 column[slot] = state[key]
             columns[4][slot], columns[5][slot] = now, state["block_step"]
