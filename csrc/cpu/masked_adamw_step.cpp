@@ -16,6 +16,8 @@ Stub<void (*)(const AdamwChunk&)> masked_adamw_chunk;
 namespace winnow::adamw {
 namespace {
 
+constexpr int64_t kChunkBlocks = 512;
+
 void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList active_blocks,
                            at::TensorList block_steps, at::IntArrayRef block_sizes, double lr, double beta1,
@@ -68,6 +70,13 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
     for (int64_t j = ch.begin; j < ch.end; ++j) steps[j] += 1;
     return 0;
   });
+  // Chunks of 32k compact elements, or of 512 blocks when blocks are smaller than 64 elements:
+  // a block costs a jump in the parameter, so ID3's one-element blocks would otherwise put up
+  // to 32k random reads in one chunk, on one thread.
+  std::vector<int64_t> chunk_lengths(n);
+  for (size_t i = 0; i < n; ++i) {
+    chunk_lengths[i] = std::min(cpu::kChunkElements, kChunkBlocks * block_sizes[i]);
+  }
   const auto kernel = cpu::masked_adamw_chunk.get();
   cpu::for_each_chunk(work, [&](const cpu::Chunk& ch) -> int64_t {
     const size_t t = ch.tensor;
@@ -76,7 +85,7 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
             active_blocks[t].const_data_ptr<int64_t>(), block_steps[t].const_data_ptr<int32_t>(), block_sizes[t],
             params[t].numel(), ch.begin, ch.end, lr, beta1, beta2, weight_decay, eps, scale, amsgrad, maximize});
     return 0;
-  });
+  }, chunk_lengths);
 }
 
 }  // namespace
