@@ -3,6 +3,8 @@
 #include "winnow/masked_adamw_step.h"
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 
 #include <torch/library.h>
 
@@ -17,6 +19,7 @@ namespace winnow::adamw {
 namespace {
 
 constexpr int64_t kChunkBlocks = 512;
+constexpr int64_t kBlocksPerTableEntry = 4;  // a table entry (two pow()) per 4 blocks at most
 
 void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList active_blocks,
@@ -65,11 +68,32 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // AMP: skip the whole step
   const double scale = grad_scale.has_value() ? static_cast<double>(grad_scale->item<float>()) : 1.0;
+  // the steps' range, for the table of per-step coefficients below
+  std::atomic<int32_t> lowest{std::numeric_limits<int32_t>::max()}, highest{0};
   over_blocks([&](const cpu::Chunk& ch) -> int64_t {
     int32_t* steps = block_steps[ch.tensor].data_ptr<int32_t>();
-    for (int64_t j = ch.begin; j < ch.end; ++j) steps[j] += 1;
+    int32_t lo = std::numeric_limits<int32_t>::max(), hi = 0;
+    for (int64_t j = ch.begin; j < ch.end; ++j) {
+      steps[j] += 1;
+      lo = std::min(lo, steps[j]);
+      hi = std::max(hi, steps[j]);
+    }
+    for (int32_t seen = lowest.load(); lo < seen && !lowest.compare_exchange_weak(seen, lo);) {
+    }
+    for (int32_t seen = highest.load(); hi > seen && !highest.compare_exchange_weak(seen, hi);) {
+    }
     return 0;
   });
+  // The coefficients of every step in that range, when it is short next to the block count: the
+  // loop would otherwise call pow() at every change of step along a block list (ID3 appends a
+  // cohort of blocks per step, so its lists change step every few blocks).
+  std::vector<BlockCoeffs<double>> table;
+  const int64_t range = static_cast<int64_t>(highest.load()) - lowest.load() + 1;
+  if (range > 1 && range * kBlocksPerTableEntry <= total_blocks) {
+    const auto h = hyper<double>(lr, beta1, beta2, weight_decay, eps, 1.0);
+    table.resize(range);
+    for (int64_t s = 0; s < range; ++s) table[s] = block_coeffs(h, static_cast<int32_t>(lowest.load() + s));
+  }
   // Chunks of 32k compact elements, or of 512 blocks when blocks are smaller than 64 elements:
   // a block costs a jump in the parameter, so ID3's one-element blocks would otherwise put up
   // to 32k random reads in one chunk, on one thread.
@@ -83,7 +107,8 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
     kernel({params[t].scalar_type(), params[t].data_ptr(), in.grads[t].const_data_ptr(), exp_avgs[t].data_ptr(),
             exp_avg_sqs[t].data_ptr(), amsgrad ? max_exp_avg_sqs[t].data_ptr() : nullptr,
             active_blocks[t].const_data_ptr<int64_t>(), block_steps[t].const_data_ptr<int32_t>(), block_sizes[t],
-            params[t].numel(), ch.begin, ch.end, lr, beta1, beta2, weight_decay, eps, scale, amsgrad, maximize});
+            params[t].numel(), ch.begin, ch.end, lr, beta1, beta2, weight_decay, eps, scale, amsgrad, maximize,
+            table.data(), lowest.load(), static_cast<int64_t>(table.size())});
     return 0;
   }, chunk_lengths);
 }

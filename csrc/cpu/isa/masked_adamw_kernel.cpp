@@ -59,7 +59,14 @@ void chunk(const AdamwChunk& a) {
     auto* m = static_cast<acc_t*>(a.exp_avg);
     auto* v = static_cast<acc_t*>(a.exp_avg_sq);
     auto* vmax = static_cast<acc_t*>(a.max_exp_avg_sq);
-    int32_t coeff_step = -1;  // blocks activated together share a step: compute pow() once
+    // Blocks activated together share a step: pow() once per change of step, or from the call's
+    // table (ID3's cohorts change step every few blocks, so per change cost 8 of a 23 ms step).
+    auto coeffs = [&](int32_t step) -> adamw::BlockCoeffs<acc_t> {
+      const int64_t at = static_cast<int64_t>(step) - a.first_step;
+      if (at < 0 || at >= a.table_size) return adamw::block_coeffs(h, step);
+      return {static_cast<acc_t>(a.table[at].neg_step_size), static_cast<acc_t>(a.table[at].bias_correction2_sqrt)};
+    };
+    int32_t coeff_step = -1;
     adamw::BlockCoeffs<acc_t> c{};
     const int64_t last_block = (a.end + bs - 1) / bs;  // one past the last block this chunk touches
     constexpr int64_t kAhead = 12;  // blocks
@@ -70,7 +77,23 @@ void chunk(const AdamwChunk& a) {
         const int64_t first = blocks[j] * bs + (a.begin - j * bs);
         update_range<decltype(ams)::value, decltype(maxi)::value>(
             p + first, g + first, m + a.begin, v + a.begin, vmax ? vmax + a.begin : nullptr,
-            std::min(a.end - a.begin, numel - first), h, adamw::block_coeffs(h, steps[j]));
+            std::min(a.end - a.begin, numel - first), h, coeffs(steps[j]));
+        return;
+      }
+      if (bs == 1) {  // one element a block (ID3): a gather and a scatter, no runs to look for
+        constexpr int64_t kAheadElements = 16;
+        for (int64_t j = a.begin; j < a.end; ++j) {
+          if (j + kAheadElements < a.end) {
+            __builtin_prefetch(p + blocks[j + kAheadElements], 1);
+            __builtin_prefetch(g + blocks[j + kAheadElements], 0);
+          }
+          if (steps[j] != coeff_step) {
+            coeff_step = steps[j];
+            c = coeffs(coeff_step);
+          }
+          update_range<decltype(ams)::value, decltype(maxi)::value>(p + blocks[j], g + blocks[j], m + j, v + j,
+                                                                    vmax ? vmax + j : nullptr, 1, h, c);
+        }
         return;
       }
       for (int64_t pos = a.begin; pos < a.end;) {
@@ -87,7 +110,7 @@ void chunk(const AdamwChunk& a) {
         }
         if (steps[j] != coeff_step) {
           coeff_step = steps[j];
-          c = adamw::block_coeffs(h, coeff_step);
+          c = coeffs(coeff_step);
         }
         const int64_t run_end = std::min(a.end, j_end * bs);
         const int64_t first = blocks[j] * bs + (pos - j * bs);  // param element of compact slot `pos`

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "../isa.h"
+#include "winnow/masked_adamw_step.h"
 
 namespace winnow::cpu {
 
@@ -20,6 +21,11 @@ struct AdamwChunk {
   int64_t begin, end;              // compact slots of this chunk
   double lr, beta1, beta2, weight_decay, eps, grad_scale;
   bool amsgrad, maximize;
+  // The step's per-block coefficients of steps first_step .. first_step + table_size - 1, computed
+  // once for the whole call (table_size 0: none, the loop computes them).
+  const adamw::BlockCoeffs<double>* table;
+  int32_t first_step;
+  int64_t table_size;
 };
 
 extern Stub<void (*)(const AdamwChunk&)> masked_adamw_chunk;
