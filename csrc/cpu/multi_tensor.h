@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -32,8 +33,13 @@ std::vector<int64_t> for_each_chunk(const std::vector<int64_t>& numels, Body&& b
     }
   }
   std::vector<int64_t> per_chunk(chunks.size(), 0);
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) per_chunk[c] = body(chunks[c]);
+  // Chunks handed out in order from a shared counter, not split in halves up front: chunks cost
+  // unequal time (ID3's scan keys some tiles and skips others), and a thread done early would
+  // otherwise wait. Each thread still sees its chunks in increasing order.
+  const auto count = static_cast<int64_t>(chunks.size());
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(count, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < count;) per_chunk[c] = body(chunks[c]);
   });
   std::vector<int64_t> per_tensor(numels.size(), 0);
   for (size_t c = 0; c < chunks.size(); ++c) per_tensor[chunks[c].tensor] += per_chunk[c];

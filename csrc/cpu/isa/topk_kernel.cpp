@@ -44,19 +44,27 @@ void id3_keys(const scalar_t* __restrict p, const scalar_t* __restrict g, const 
 // |g| <= cut' * (|p| + eps) with cut' a 2^-20 (double: 2^-49) relative margin below cut, more
 // than the two roundings apart (H's divide, the test's multiply), so fl(H) <= cut. A multiply and
 // a compare per entry instead of a divide and a key; a NaN fails the test (the tile is keyed).
+// With `skip` (the unmasked flags of the tile), its unmasked entries count as at most `cut`: late
+// in ID3 most tiles hold an unmasked entry, whose H is high (that is why it was unmasked), and
+// would otherwise be keyed only to have that entry dropped.
 template <importance::Exponent E, typename scalar_t, typename acc_t>
 bool id3_tile_at_most(const scalar_t* __restrict p, const scalar_t* __restrict g, int64_t len,
-                      const importance::Id3Coeffs<acc_t> c, acc_t cut) {
+                      const importance::Id3Coeffs<acc_t> c, acc_t cut, const bool* __restrict skip = nullptr) {
   int all = 1;  // an AND over the tile, not an early exit: the loop vectorises
-  if constexpr (E == importance::Exponent::Zero) {
-    for (int64_t j = 0; j < len; ++j) all &= static_cast<int>(abs_value(static_cast<acc_t>(g[j])) <= cut);
-  } else {
-    const acc_t margin = sizeof(acc_t) == 4 ? acc_t(1.0 / (1 << 20)) : acc_t(1.0 / (int64_t{1} << 49));
-    const acc_t bound = cut * (acc_t(1) - margin);
-    for (int64_t j = 0; j < len; ++j) {
-      all &= static_cast<int>(abs_value(static_cast<acc_t>(g[j])) <=
-                              bound * (abs_value(static_cast<acc_t>(p[j])) + c.eps));
+  const auto* done = reinterpret_cast<const uint8_t*>(skip);
+  const acc_t margin = sizeof(acc_t) == 4 ? acc_t(1.0 / (1 << 20)) : acc_t(1.0 / (int64_t{1} << 49));
+  const acc_t bound = cut * (acc_t(1) - margin);
+  auto at_most = [&](int64_t j) -> int {
+    if constexpr (E == importance::Exponent::Zero) {
+      return abs_value(static_cast<acc_t>(g[j])) <= cut;
+    } else {
+      return abs_value(static_cast<acc_t>(g[j])) <= bound * (abs_value(static_cast<acc_t>(p[j])) + c.eps);
     }
+  };
+  if (done == nullptr) {
+    for (int64_t j = 0; j < len; ++j) all &= at_most(j);
+  } else {
+    for (int64_t j = 0; j < len; ++j) all &= at_most(j) | static_cast<int>(done[j] != 0);
   }
   return all != 0;
 }
@@ -100,7 +108,7 @@ key_t id3_tile_keys(const Id3Tile& t, key_t* keys) {
         const auto* g = static_cast<const scalar_t*>(t.grad);
         const auto c = importance::id3_coeffs<acc_t>(t.eps, t.exponent, 0.0);
         if constexpr (E != importance::Exponent::General) {
-          if (t.above && id3_tile_at_most<E>(p, g, t.len, c, static_cast<acc_t>(t.cut))) {
+          if (t.above && id3_tile_at_most<E>(p, g, t.len, c, static_cast<acc_t>(t.cut), t.skip)) {
             skipped = true;
             return;
           }
