@@ -156,6 +156,10 @@ def test_kept_step_lists_follow_every_change(device):
     step_both()
     step_both(lambda m, o: o.param_groups[0]["params"].pop())  # a param leaves its group
     step_both()
+    step_both(lambda m, o: o.state.pop(m[2].weight))  # its moments reset: fresh state, fully active
+    step_both(lambda m, o: o.state.__setitem__(m[2].bias, {}))
+    step_both(lambda m, o: o.state.clear())
+    step_both()
 
 
 def test_state_bytes_proportional_to_density(device):

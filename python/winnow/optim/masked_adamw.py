@@ -18,8 +18,13 @@ class _StepPlan:
     step can tell in a few identity checks whether they still hold, and patch the entries of
     parameters whose active set changed (ID3 grows dozens every step) instead of rebuilding."""
 
-    def __init__(self, group: dict, grads: list, states: list, keys: tuple[str, ...], launches: list[tuple],
+    def __init__(self, group: dict, grads: list, container: dict, keys: tuple[str, ...], launches: list[tuple],
                  entries: list):
+        # the optimizer's state container and every state dict in it, in order: a state cleared,
+        # deleted or replaced (a reset of the moments) shows as a change here, without hashing
+        # parameters
+        self.container, self.all_states = container, list(container.values())
+        states = [container.get(p) for p in group["params"]]
         self.params = list(group["params"])
         self.has_grad = [g is not None for g in grads]
         self.amsgrad = group["amsgrad"]
@@ -30,11 +35,13 @@ class _StepPlan:
         self.entries = entries  # per param: (launch, slot in its lists) or None when not in the step
         self.launch_of = {device: i for i, (device, _, positions) in enumerate(launches) if positions is not None}
 
-    def holds(self, group: dict, grads: list) -> bool:
+    def holds(self, group: dict, grads: list, container: dict) -> bool:
         """True when the lists are right for this step (patched where a parameter's active blocks
         were replaced); False when they must be rebuilt."""
         params = group["params"]
-        if not (group["amsgrad"] == self.amsgrad and len(params) == len(self.params)
+        if not (container is self.container and len(container) == len(self.all_states)
+                and all(map(operator.is_, container.values(), self.all_states))
+                and group["amsgrad"] == self.amsgrad and len(params) == len(self.params)
                 and all(map(operator.is_, params, self.params))
                 and [g is not None for g in grads] == self.has_grad):
             return False
@@ -362,7 +369,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         them have a grad, amsgrad, the state): at low density building them costs as much as the
         update itself (~0.1 ms for 16 parameters)."""
         plan = self._plans.get(id(group))
-        if plan is None or not plan.holds(group, grads):
+        if plan is None or not plan.holds(group, grads, self.state):
             keys = self._keys(group)
             by_device: dict[torch.device, tuple[list[list], list, list[int]]] = {}
             entries = []
@@ -386,7 +393,7 @@ class MaskedAdamW(torch.optim.Optimizer):
             if any(shards.is_sharded(p) for p in group["params"]):
                 return launches  # a shard's grads are views made for this step: nothing is kept
             self._plans[id(group)] = _StepPlan(
-                group, grads, [self.state.get(p) for p in group["params"]], keys,
+                group, grads, self.state, keys,
                 [(device, columns, None if positions == list(range(len(grads))) else positions)
                  for device, (columns, _, positions) in by_device.items()], entries)
             return launches
