@@ -166,7 +166,7 @@ class ID3(MaskedAdamW):
         self._initial_steps = [[] for _ in self._params]  # the step of each entry of _initial
         self._count = [0] * len(self._params)  # unmasked units per parameter (this rank's), on the host
         self._global_count = [0] * len(self._params)  # unmasked units per parameter, all ranks
-        self._all = list(range(len(self._params)))
+        self._every_index = list(range(len(self._params)))  # _select's idx when every param has a grad
         self._total_units_all = sum(self._total_units)
 
     @staticmethod
@@ -201,7 +201,8 @@ class ID3(MaskedAdamW):
         none = [torch.zeros(0, dtype=torch.int64)] * len(self._params)
         grads = [p.grad for p in self._params]
         if all(g is not None for g in grads):  # (the common case: no per-parameter lists to build)
-            idx, local, unmasked, unmasked_shaped = self._all, self._params, self._unmasked, self._unmasked_shaped
+            idx, local = self._every_index, self._params
+            unmasked, unmasked_shaped = self._unmasked, self._unmasked_shaped
             masked = self._total_units_all - sum(self._global_count)
         else:
             idx = [i for i, g in enumerate(grads) if g is not None]
@@ -251,7 +252,7 @@ class ID3(MaskedAdamW):
                 chosen = ops.masked_topk(unit_scores, unmasked, k)
         if not self._sharded:
             counts = [c.numel() for c in chosen]
-        if idx is self._all:
+        if idx is self._every_index:
             self._global_count = list(map(operator.add, self._global_count, counts))
             return list(chosen)
         out = none
