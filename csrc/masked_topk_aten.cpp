@@ -107,7 +107,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> masked_topk_id3_from_aten(at::Te
                                                                          at::TensorList unmasked, int64_t k,
                                                                          double eps, double exponent,
                                                                          double at_least) {
-  TORCH_CHECK_VALUE(std::isfinite(at_least), "_masked_topk_id3: at_least must be finite, got ", at_least);
+  TORCH_CHECK_VALUE(std::isfinite(at_least), "_masked_topk_id3_from: at_least must be finite, got ", at_least);
   return {masked_topk_id3_aten(params, grads, unmasked, k, eps, exponent),
           at::zeros({}, params.empty() ? at::TensorOptions().dtype(at::kDouble)
                                        : params[0].options().dtype(at::kDouble))};

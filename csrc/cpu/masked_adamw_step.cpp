@@ -88,11 +88,12 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
   // loop would otherwise call pow() at every change of step along a block list (ID3 appends a
   // cohort of blocks per step, so its lists change step every few blocks).
   std::vector<BlockCoeffs<double>> table;
-  const int64_t range = static_cast<int64_t>(highest.load()) - lowest.load() + 1;
+  const int32_t first_step = lowest.load();
+  const int64_t range = static_cast<int64_t>(highest.load()) - first_step + 1;
   if (range > 1 && range * kBlocksPerTableEntry <= total_blocks) {
     const auto h = hyper<double>(lr, beta1, beta2, weight_decay, eps, 1.0);
     table.resize(range);
-    for (int64_t s = 0; s < range; ++s) table[s] = block_coeffs(h, static_cast<int32_t>(lowest.load() + s));
+    for (int64_t s = 0; s < range; ++s) table[s] = block_coeffs(h, static_cast<int32_t>(first_step + s));
   }
   // Chunks of 32k compact elements, or of 512 blocks when blocks are smaller than 64 elements:
   // a block costs a jump in the parameter, so ID3's one-element blocks would otherwise put up
@@ -108,7 +109,7 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
             exp_avg_sqs[t].data_ptr(), amsgrad ? max_exp_avg_sqs[t].data_ptr() : nullptr,
             active_blocks[t].const_data_ptr<int64_t>(), block_steps[t].const_data_ptr<int32_t>(), block_sizes[t],
             params[t].numel(), ch.begin, ch.end, lr, beta1, beta2, weight_decay, eps, scale, amsgrad, maximize,
-            table.data(), lowest.load(), static_cast<int64_t>(table.size())});
+            table.data(), first_step, static_cast<int64_t>(table.size())});
     return 0;
   }, chunk_lengths);
 }

@@ -265,7 +265,7 @@ std::tuple<std::vector<at::Tensor>, double> select_id3(at::TensorList params, at
                                                        at::TensorList unmasked, int64_t k, double eps, double exponent,
                                                        double at_least) {
   const Id3Inputs in = check_topk_id3(params, grads, unmasked, k, eps, exponent);
-  TORCH_CHECK_VALUE(std::isfinite(at_least), "_masked_topk_id3: at_least must be finite, got ", at_least);
+  TORCH_CHECK_VALUE(std::isfinite(at_least), "_masked_topk_id3_from: at_least must be finite, got ", at_least);
   if (k == 0) return {nothing_selected(params), 0.0};
   const size_t n = params.size();
   std::vector<int64_t> numels(n);

@@ -198,7 +198,9 @@ class ID3(MaskedAdamW):
     @torch.no_grad()
     def _select(self) -> list[Tensor]:
         """Score the masked units and return the newly unmasked unit indices of each parameter."""
-        none = [torch.zeros(0, dtype=torch.int64)] * len(self._params)
+        def none():
+            return [torch.zeros(0, dtype=torch.int64)] * len(self._params)
+
         grads = [p.grad for p in self._params]
         if all(g is not None for g in grads):  # (the common case: no per-parameter lists to build)
             idx, local = self._every_index, self._params
@@ -207,7 +209,7 @@ class ID3(MaskedAdamW):
         else:
             idx = [i for i, g in enumerate(grads) if g is not None]
             if not idx:
-                return none
+                return none()
             grads = [grads[i] for i in idx]
             local = [self._params[i] for i in idx]
             unmasked = [self._unmasked[i] for i in idx]
@@ -218,7 +220,7 @@ class ID3(MaskedAdamW):
         bs = self.id3_block_size
         k = min(self.unmask_count_at(self.id3_step), masked)
         if k == 0:  # budget < total_steps leaves its late steps nothing to unmask: no scan (every rank alike)
-            return none
+            return none()
         if self._fused and local[0].device.type == "cpu":
             # The CPU scan leaves out H below a floor while at least k entries reach it (same
             # result, fewer tiles keyed): half the last step's k-th best H, which moves little.
@@ -255,7 +257,7 @@ class ID3(MaskedAdamW):
         if idx is self._every_index:
             self._global_count = list(map(operator.add, self._global_count, counts))
             return list(chosen)
-        out = none
+        out = none()
         for i, c, n in zip(idx, chosen, counts):
             out[i] = c
             self._global_count[i] += n

@@ -72,15 +72,10 @@ void chunk(const AdamwChunk& a) {
     constexpr int64_t kAhead = 12;  // blocks
     int64_t fetched = a.begin / bs;  // blocks before this one have been prefetched
     adamw::dispatch_flags(a.amsgrad, a.maximize, [&](auto ams, auto maxi) {
-      if (one_run(blocks, steps, a.begin / bs, last_block)) {
-        const int64_t j = a.begin / bs;
-        const int64_t first = blocks[j] * bs + (a.begin - j * bs);
-        update_range<decltype(ams)::value, decltype(maxi)::value>(
-            p + first, g + first, m + a.begin, v + a.begin, vmax ? vmax + a.begin : nullptr,
-            std::min(a.end - a.begin, numel - first), h, coeffs(steps[j]));
-        return;
-      }
-      if (bs == 1) {  // one element a block (ID3): a gather and a scatter, no runs to look for
+      // the whole chunk one run: no walk, nothing to prefetch (the hardware streams it)
+      const bool whole = one_run(blocks, steps, a.begin / bs, last_block);
+      if (whole) fetched = last_block;
+      if (bs == 1 && !whole) {  // one element a block (ID3): a gather and a scatter, no runs to look for
         constexpr int64_t kAheadElements = 16;
         for (int64_t j = a.begin; j < a.end; ++j) {
           if (j + kAheadElements < a.end) {
@@ -100,7 +95,7 @@ void chunk(const AdamwChunk& a) {
         const int64_t j = pos / bs;
         // A run: following blocks that are also next in the parameter and share the step are
         // contiguous on both sides, so they are one range (at density 1, the whole chunk).
-        int64_t j_end = j + 1;
+        int64_t j_end = whole ? last_block : j + 1;
         while (j_end < last_block && blocks[j_end] == blocks[j_end - 1] + 1 && steps[j_end] == steps[j]) ++j_end;
         for (const int64_t until = std::min(last_block, j_end + kAhead); fetched < until; ++fetched) {
           // two blocks into a contiguous stretch the hardware streams it: prefetching costs more
