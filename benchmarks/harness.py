@@ -59,10 +59,27 @@ def copy_bandwidth(device: torch.device, nbytes: int = 512 << 20, rounds: int = 
     return 2 * nbytes / t / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} {platform.machine()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with the instruction set winnow's CPU kernels run (their
+    timings depend on it: AVX-512 and AVX2 machines differ)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    import winnow._C
+
+    isa = winnow._C.cpu_capability().upper()
+    return f"{cpu_model()} ({torch.get_num_threads()} threads, winnow kernels {isa})"
 
 
 def environment(device: torch.device) -> dict:

@@ -81,15 +81,12 @@ void tiles_at_most(const Id3Tile& r, uint8_t* flags) {
         const auto* g = static_cast<const scalar_t*>(r.grad);
         const auto c = importance::id3_coeffs<acc_t>(r.eps, r.exponent, 0.0);
         const auto cut = static_cast<acc_t>(r.cut);
-        constexpr int64_t kStretches = 4;  // x2 streams (p, g): what one core keeps in flight best
-        const int64_t per = (tiles + kStretches - 1) / kStretches;
-        for (int64_t i = 0; i < per; ++i) {
-          for (int64_t s = 0; s < kStretches; ++s) {
-            const int64_t tile = s * per + i;
-            if (tile >= tiles) break;
-            const int64_t b = tile * kTopkTile;
-            flags[tile] = id3_tile_at_most<E>(p + b, g + b, std::min(kTopkTile, r.len - b), c, cut);
-          }
+        // tile by tile, in order: one stream per operand, which the hardware prefetchers follow
+        // best (4 stretches of the range read side by side, 8 streams, cost 15-20% more on an
+        // AVX-512 AMD EPYC: a 32k chunk cut in 4 makes short streams the prefetchers ramp up for)
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          const int64_t b = tile * kTopkTile;
+          flags[tile] = id3_tile_at_most<E>(p + b, g + b, std::min(kTopkTile, r.len - b), c, cut);
         }
       }
     });

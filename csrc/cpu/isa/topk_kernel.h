@@ -36,8 +36,7 @@ extern Stub<uint64_t (*)(const Id3Tile& tile, uint64_t* keys)> id3_tile_keys_dou
 // The prefilter of id3_tile_keys for every tile of a longer range (`range.len` entries from
 // `range.param` / `range.grad`, cut into tiles of kTopkTile; `above` and `skip` unused):
 // flags[i] = 1 when every H of tile i is provably at most `range.cut`, else 0 (always 0 for a
-// general exponent). One call per range instead of one per tile, reading S stretches of the
-// range side by side: more memory streams in flight than one tile's two.
+// general exponent). One call per range instead of one per tile: the range is read in order.
 extern Stub<void (*)(const Id3Tile& range, uint8_t* flags)> id3_tiles_at_most;
 
 // The stubs for keys of type K.
