@@ -225,9 +225,13 @@ def _run_scenario(tmp_path, algo):
 
 
 def _equals_one_process(ranks, single, algo):
+    # float64, equal up to the order of its sums (a shard's matmuls and reductions are blocked
+    # differently from the whole's): 1e-9 of each tensor's scale, not of each element, since
+    # AdamW's m / sqrt(v) carries a rounding-level difference into an entry near zero whole.
     for r in ranks:
         for n, p in single["params"].items():
-            torch.testing.assert_close(r["params"][n], p, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(r["params"][n], p, rtol=1e-9, atol=1e-9 * float(p.abs().max()) + 1e-15,
+                                       msg=lambda m, n=n: f"{n}: {m}")
     init = {n: p.detach() for n, p in _build(algo, 1).model.named_parameters()}
     assert init.keys() == single["params"].keys()
     assert any(not torch.equal(single["params"][n], init[n]) for n in init), "training changed nothing"
