@@ -67,3 +67,17 @@ def test_fused_update_traces_under_torch_compile(device):
     eager_scores = torch.ops.winnow.importance_score(ipt_eager, unc_eager, [-1, 0])
     for a, b in zip(ipt + unc + compiled_scores, ipt_eager + unc_eager + eager_scores):
         assert torch.equal(a, b)
+
+
+def test_bookkeeping_ops_record_no_graph(device):
+    """The optimizer's and the selections' ops are autograd fallthroughs: called with parameters
+    that require grad, grad mode on, their outputs carry no graph (torch's fallback for ops without
+    an autograd kernel would give each float output a node that warns in backward, and keep the
+    parameters' graph alive through it)."""
+    params, *rest = unmask_args(device)
+    params = [p.requires_grad_() for p in params]
+    with torch.enable_grad():
+        initial, blocks, steps, *moments = torch.ops.winnow._id3_unmask(params, *rest)
+    outputs = [*initial, *blocks, *steps, *(t for ts in moments for t in ts)]
+    assert outputs and not any(t.requires_grad or t.grad_fn is not None for t in outputs)
+    assert torch.equal(initial[0], params[0].detach()[torch.tensor([0, 5, 36], device=device)])
