@@ -41,6 +41,7 @@ def clone_all(case):
     ([4097, 1000, 33], [1, 7, 128]),
     pytest.param([2**20 + 3, 5], [64, 5], marks=pytest.mark.slow),  # one block exactly covers a tensor
     ([300, 301], [300, 301]),            # whole-tensor granularity
+    ([70001, 9], [100, 3]),              # 100 does not divide a 32k chunk: chunks end at whole blocks
 ])
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
 @pytest.mark.parametrize("amsgrad, maximize", [(False, False), (True, False), (False, True), (True, True)])

@@ -30,10 +30,11 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
                                    block_sizes, lr, beta1, beta2, weight_decay, eps, amsgrad, grad_scale, found_inf);
   const size_t n = params.size();
   // Block indices are the optimizer's bookkeeping; a bad one would write out of bounds, so
-  // check them all before anything is modified, then count the step of every active block.
-  // Both passes share the threads (at density 1 with 64-element blocks they read 3 MB, ~0.4 ms
-  // on one core): a min / max per chunk that vectorises, the first bad index found only for
-  // the message.
+  // check them all before anything is modified. The same read-only pass finds the range of the
+  // blocks' step counts (for the table of coefficients below); each chunk of the update counts
+  // its own blocks' step, so no pass writes the counts alone. The passes share the threads (at
+  // density 1 with 64-element blocks they read 3 MB): a min / max per chunk that vectorises, the
+  // first bad index found only for the message.
   std::vector<int64_t> blocks_of(n), work(n);  // active blocks, compact elements of each tensor
   int64_t total_blocks = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -49,12 +50,21 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
     for (size_t i = 0; i < n; ++i) per_tensor[i] = body(cpu::Chunk{i, 0, blocks_of[i]});
     return per_tensor;
   };
+  std::atomic<int32_t> lowest{std::numeric_limits<int32_t>::max()}, highest{0};
   const auto out_of_range = over_blocks([&](const cpu::Chunk& ch) -> int64_t {
     const int64_t* b = active_blocks[ch.tensor].const_data_ptr<int64_t>();
+    const int32_t* steps = block_steps[ch.tensor].const_data_ptr<int32_t>();
     int64_t lo = 0, hi = 0;
+    int32_t steps_lo = std::numeric_limits<int32_t>::max(), steps_hi = 0;
     for (int64_t j = ch.begin; j < ch.end; ++j) {
       lo = std::min(lo, b[j]);
       hi = std::max(hi, b[j]);
+      steps_lo = std::min(steps_lo, steps[j]);
+      steps_hi = std::max(steps_hi, steps[j]);
+    }
+    for (int32_t seen = lowest.load(); steps_lo < seen && !lowest.compare_exchange_weak(seen, steps_lo);) {
+    }
+    for (int32_t seen = highest.load(); steps_hi > seen && !highest.compare_exchange_weak(seen, steps_hi);) {
     }
     return lo < 0 || hi >= num_blocks(params[ch.tensor].numel(), block_sizes[ch.tensor]);
   });
@@ -68,28 +78,12 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // AMP: skip the whole step
   const double scale = grad_scale.has_value() ? static_cast<double>(grad_scale->item<float>()) : 1.0;
-  // the steps' range, for the table of per-step coefficients below
-  std::atomic<int32_t> lowest{std::numeric_limits<int32_t>::max()}, highest{0};
-  over_blocks([&](const cpu::Chunk& ch) -> int64_t {
-    int32_t* steps = block_steps[ch.tensor].data_ptr<int32_t>();
-    int32_t lo = std::numeric_limits<int32_t>::max(), hi = 0;
-    for (int64_t j = ch.begin; j < ch.end; ++j) {
-      steps[j] += 1;
-      lo = std::min(lo, steps[j]);
-      hi = std::max(hi, steps[j]);
-    }
-    for (int32_t seen = lowest.load(); lo < seen && !lowest.compare_exchange_weak(seen, lo);) {
-    }
-    for (int32_t seen = highest.load(); hi > seen && !highest.compare_exchange_weak(seen, hi);) {
-    }
-    return 0;
-  });
   // The coefficients of every step in that range, when it is short next to the block count: the
   // loop would otherwise call pow() at every change of step along a block list (ID3 appends a
   // cohort of blocks per step, so its lists change step every few blocks).
   std::vector<BlockCoeffs<double>> table;
-  const int32_t first_step = lowest.load();
-  const int64_t range = static_cast<int64_t>(highest.load()) - first_step + 1;
+  const int32_t first_step = lowest.load() + 1;  // the steps this update takes
+  const int64_t range = static_cast<int64_t>(highest.load()) + 1 - first_step + 1;
   if (range > 1 && range * kBlocksPerTableEntry <= total_blocks) {
     const auto h = hyper<double>(lr, beta1, beta2, weight_decay, eps, 1.0);
     table.resize(range);
@@ -97,17 +91,18 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
   }
   // Chunks of 32k compact elements, or of 512 blocks when blocks are smaller than 64 elements:
   // a block costs a jump in the parameter, so ID3's one-element blocks would otherwise put up
-  // to 32k random reads in one chunk, on one thread.
+  // to 32k random reads in one chunk, on one thread. Whole blocks: a chunk counts its blocks' step.
   std::vector<int64_t> chunk_lengths(n);
   for (size_t i = 0; i < n; ++i) {
-    chunk_lengths[i] = std::min(cpu::kChunkElements, kChunkBlocks * block_sizes[i]);
+    const int64_t bs = block_sizes[i];
+    chunk_lengths[i] = std::max<int64_t>(1, std::min(cpu::kChunkElements, kChunkBlocks * bs) / bs) * bs;
   }
   const auto kernel = cpu::masked_adamw_chunk.get();
   cpu::for_each_chunk(work, [&](const cpu::Chunk& ch) -> int64_t {
     const size_t t = ch.tensor;
     kernel({params[t].scalar_type(), params[t].data_ptr(), in.grads[t].const_data_ptr(), exp_avgs[t].data_ptr(),
             exp_avg_sqs[t].data_ptr(), amsgrad ? max_exp_avg_sqs[t].data_ptr() : nullptr,
-            active_blocks[t].const_data_ptr<int64_t>(), block_steps[t].const_data_ptr<int32_t>(), block_sizes[t],
+            active_blocks[t].const_data_ptr<int64_t>(), block_steps[t].data_ptr<int32_t>(), block_sizes[t],
             params[t].numel(), ch.begin, ch.end, lr, beta1, beta2, weight_decay, eps, scale, amsgrad, maximize,
             table.data(), first_step, static_cast<int64_t>(table.size())});
     return 0;

@@ -50,7 +50,7 @@ inline bool one_run(const int64_t* __restrict blocks, const int32_t* __restrict 
 void chunk(const AdamwChunk& a) {
   const int64_t bs = a.block_size, numel = a.numel;
   const int64_t* blocks = a.blocks;
-  const int32_t* steps = a.steps;
+  int32_t* steps = a.steps;
   WINNOW_ISA_DISPATCH_FLOATING_WITH_HALF(a.dtype, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto h = adamw::hyper<acc_t>(a.lr, a.beta1, a.beta2, a.weight_decay, a.eps, a.grad_scale);
@@ -61,19 +61,21 @@ void chunk(const AdamwChunk& a) {
     auto* vmax = static_cast<acc_t*>(a.max_exp_avg_sq);
     // Blocks activated together share a step: pow() once per change of step, or from the call's
     // table (ID3's cohorts change step every few blocks, so per change cost 8 of a 23 ms step).
-    auto coeffs = [&](int32_t step) -> adamw::BlockCoeffs<acc_t> {
+    // `counted` is a block's step count before this step: this step is its next
+    auto coeffs = [&](int32_t counted) -> adamw::BlockCoeffs<acc_t> {
+      const int32_t step = counted + 1;
       const int64_t at = static_cast<int64_t>(step) - a.first_step;
       if (at < 0 || at >= a.table_size) return adamw::block_coeffs(h, step);
       return {static_cast<acc_t>(a.table[at].neg_step_size), static_cast<acc_t>(a.table[at].bias_correction2_sqrt)};
     };
     int32_t coeff_step = -1;
     adamw::BlockCoeffs<acc_t> c{};
-    const int64_t last_block = (a.end + bs - 1) / bs;  // one past the last block this chunk touches
+    const int64_t first_block = a.begin / bs, last_block = (a.end + bs - 1) / bs;  // the chunk's blocks
     constexpr int64_t kAhead = 12;  // blocks
-    int64_t fetched = a.begin / bs;  // blocks before this one have been prefetched
+    int64_t fetched = first_block;  // blocks before this one have been prefetched
     adamw::dispatch_flags(a.amsgrad, a.maximize, [&](auto ams, auto maxi) {
       // the whole chunk one run: no walk, nothing to prefetch (the hardware streams it)
-      const bool whole = one_run(blocks, steps, a.begin / bs, last_block);
+      const bool whole = one_run(blocks, steps, first_block, last_block);
       if (whole) fetched = last_block;
       if (bs == 1 && !whole) {  // one element a block (ID3): a gather and a scatter, no runs to look for
         constexpr int64_t kAheadElements = 16;
@@ -116,6 +118,8 @@ void chunk(const AdamwChunk& a) {
       }
     });
   });
+  // the chunk holds whole blocks (the launcher cuts it so): no other chunk reads these counts
+  for (int64_t j = a.begin / bs; j < (a.end + bs - 1) / bs; ++j) steps[j] += 1;
 }
 
 WINNOW_REGISTER_ISA_KERNEL(masked_adamw_chunk, &chunk);

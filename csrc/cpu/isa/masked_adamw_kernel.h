@@ -16,9 +16,9 @@ struct AdamwChunk {
   const void* grad;
   void *exp_avg, *exp_avg_sq, *max_exp_avg_sq;  // compact; max_exp_avg_sq is null without amsgrad
   const int64_t* blocks;           // active block indices
-  const int32_t* steps;            // their step counts (already incremented)
+  int32_t* steps;                  // their step counts before this step: the chunk counts its blocks' step
   int64_t block_size, numel;       // numel of the parameter (its last block may be partial)
-  int64_t begin, end;              // compact slots of this chunk
+  int64_t begin, end;              // compact slots of this chunk, whole blocks
   double lr, beta1, beta2, weight_decay, eps, grad_scale;
   bool amsgrad, maximize;
   // The step's per-block coefficients of steps first_step .. first_step + table_size - 1, computed
