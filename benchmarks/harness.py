@@ -6,6 +6,7 @@ the noise of a shared machine hits all of them alike; ratios come from the same 
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -25,14 +26,21 @@ def sync(device: torch.device) -> None:
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
                      rounds: int = 15) -> dict[str, list[float]]:
-    """Seconds per call of each fn, one sample per round; each round calls every fn once, in turn."""
+    """Seconds per call of each fn, one sample per round; each round calls every fn once, in an
+    order shuffled anew each round (seeded): a contender's time depends on what ran just before
+    it (the caches and TLB it left, the memory it freed), and a fixed order would hand every
+    contender the same neighbour in every round."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = random.Random(0)
+    names = list(fns)
     for _ in range(rounds):
-        for name, fn in fns.items():
+        order.shuffle(names)
+        for name in names:
+            fn = fns[name]
             sync(device)
             t0 = time.perf_counter()
             fn()
