@@ -3,6 +3,7 @@
 Contenders are always timed side by side in one process, interleaved round by round, so that
 the noise of a shared machine hits all of them alike; ratios come from the same run.
 """
+import contextlib
 import json
 import os
 import platform
@@ -69,13 +70,10 @@ def copy_bandwidth(device: torch.device, nbytes: int = 512 << 20, rounds: int = 
 
 def cpu_model() -> str:
     """The CPU's model name (Linux), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} {platform.machine()}"
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} {platform.machine()}"
     return platform.processor() or platform.machine()
 
 

@@ -83,7 +83,7 @@ void masked_adamw_step_cpu(at::TensorList params, at::TensorList grads, at::Tens
   // cohort of blocks per step, so its lists change step every few blocks).
   std::vector<BlockCoeffs<double>> table;
   const int32_t first_step = lowest.load() + 1;  // the steps this update takes
-  const int64_t range = static_cast<int64_t>(highest.load()) + 1 - first_step + 1;
+  const int64_t range = static_cast<int64_t>(highest.load()) - lowest.load() + 1;
   if (range > 1 && range * kBlocksPerTableEntry <= total_blocks) {
     const auto h = hyper<double>(lr, beta1, beta2, weight_decay, eps, 1.0);
     table.resize(range);

@@ -51,6 +51,7 @@ void chunk(const AdamwChunk& a) {
   const int64_t bs = a.block_size, numel = a.numel;
   const int64_t* blocks = a.blocks;
   int32_t* steps = a.steps;
+  const int64_t first_block = a.begin / bs, last_block = (a.end + bs - 1) / bs;  // the chunk's blocks
   WINNOW_ISA_DISPATCH_FLOATING_WITH_HALF(a.dtype, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto h = adamw::hyper<acc_t>(a.lr, a.beta1, a.beta2, a.weight_decay, a.eps, a.grad_scale);
@@ -70,7 +71,6 @@ void chunk(const AdamwChunk& a) {
     };
     int32_t coeff_step = -1;
     adamw::BlockCoeffs<acc_t> c{};
-    const int64_t first_block = a.begin / bs, last_block = (a.end + bs - 1) / bs;  // the chunk's blocks
     constexpr int64_t kAhead = 12;  // blocks
     int64_t fetched = first_block;  // blocks before this one have been prefetched
     adamw::dispatch_flags(a.amsgrad, a.maximize, [&](auto ams, auto maxi) {
@@ -119,7 +119,7 @@ void chunk(const AdamwChunk& a) {
     });
   });
   // the chunk holds whole blocks (the launcher cuts it so): no other chunk reads these counts
-  for (int64_t j = a.begin / bs; j < (a.end + bs - 1) / bs; ++j) steps[j] += 1;
+  for (int64_t j = first_block; j < last_block; ++j) steps[j] += 1;
 }
 
 WINNOW_REGISTER_ISA_KERNEL(masked_adamw_chunk, &chunk);
