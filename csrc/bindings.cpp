@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "masked_adamw_plan.h"
 
 #ifndef WINNOW_TORCH_VERSION
 #error "WINNOW_TORCH_VERSION must be defined by the build"
@@ -90,4 +91,5 @@ PYBIND11_MODULE(_C, m) {
   // The instruction set the CPU kernels run with (csrc/cpu/isa.h); ValueError for a bad
   // WINNOW_CPU_CAPABILITY.
   m.def("cpu_capability", [] { return std::string(winnow::cpu::isa_name(winnow::cpu::active_isa())); });
+  winnow::bind_masked_adamw_plan(m);
 }

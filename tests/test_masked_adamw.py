@@ -290,3 +290,93 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
     assert torch.equal(p, before) and len(opt.state) == 0  # nothing stepped, no state created
+
+
+def test_steps_after_the_first_run_on_the_kept_native_plan(device, monkeypatch):
+    """From the second step on, a step whose lists hold runs through winnow._C.MaskedAdamWPlan
+    (no Python op call); it must update what torch's AdamW does, and go back through the op
+    exactly when a grad appears or goes away, in the step's params or in the others."""
+    model, ref = make_model(device), make_model(device)
+    hp = dict(lr=1e-2, weight_decay=0.1)
+    opt = MaskedAdamW(groups(model), **hp)
+    ref_opt = torch.optim.AdamW(groups(ref), **hp)
+    through_op = []
+    step_through_op = opt._step_through_op
+    monkeypatch.setattr(opt, "_step_through_op", lambda: (through_op.append(1), step_through_op()))
+    gen = torch.Generator().manual_seed(0)
+
+    def step(drop=None):
+        x = torch.randn(6, 13, generator=gen).to(device)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            if drop is not None:
+                m[drop].weight.grad = None
+            o.step()
+        for a, b in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        return len(through_op)
+
+    step(), step()  # the lists built (the second group's first step changes the first's state)
+    n = len(through_op)
+    assert [step(), step(), step()] == [n] * 3  # native
+    assert [step(drop=2), step(drop=2)] == [n + 1] * 2  # a grad gone: rebuilt once
+    assert [step(), step()] == [n + 2] * 2  # and back
+    assert [step(drop=0), step(), step()] == [n + 3, n + 4, n + 4]  # in the first group
+
+
+def test_a_group_whose_params_had_no_grad_is_watched(device):
+    model, ref = make_model(device), make_model(device)
+    opt = MaskedAdamW(groups(model), lr=1e-2)
+    ref_opt = torch.optim.AdamW(groups(ref), lr=1e-2)
+    x = torch.randn(6, 13, device=device)
+    for step in range(4):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            if step < 2:  # the second group (the last layer) has no grad at first: no launch at all
+                m[2].weight.grad = m[2].bias.grad = None
+            o.step()
+        for a, b in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_a_sparse_grad_after_the_plan_is_kept_raises_before_any_update(device):
+    a, b = torch.randn(10, device=device, requires_grad=True), torch.randn(10, device=device, requires_grad=True)
+    opt = MaskedAdamW([{"params": [a]}, {"params": [b]}], block_size=4)
+    for _ in range(2):
+        a.grad, b.grad = torch.randn(10, device=device), torch.randn(10, device=device)
+        opt.step()
+    before = a.detach().clone()
+    b.grad = b.grad.to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(a, before)
+
+
+def test_step_hooks_and_profiler_range():
+    """The step keeps torch.optim's hooks (instance and global, pre hooks may replace the
+    arguments) and opens torch's "Optimizer.step#MaskedAdamW.step" range while profiling."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    p = torch.randn(8, requires_grad=True)
+    opt = MaskedAdamW([p], lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", args, kwargs)))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", args, kwargs)))
+    handle = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append(("global post", args, kwargs)))
+    try:
+        for _ in range(2):
+            p.grad = torch.ones(8)
+            opt.step()
+    finally:
+        handle.remove()
+    assert [c[0] for c in calls] == ["pre", "post", "global post"] * 2
+    closure_calls = []
+    replace = opt.register_step_pre_hook(lambda o, args, kwargs: (args, {"closure": lambda: closure_calls.append(1)}))
+    opt.step()
+    replace.remove()
+    assert closure_calls == [1]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "Optimizer.step#MaskedAdamW.step" in {e.name for e in prof.events()}

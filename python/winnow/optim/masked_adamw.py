@@ -5,9 +5,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from winnow import ops  # noqa: F401  (loads the extension: torch.ops.winnow)
+from winnow import _C, ops  # noqa: F401  (ops loads the extension: torch.ops.winnow)
 from winnow.dtypes import stat_dtype
 from winnow.optim import shards
+from winnow.optim.profiled_step import profiled_step
 
 STATE_POLICIES = ("keep", "drop", "offload")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -34,16 +35,20 @@ class _StepPlan:
         self.launches = launches  # (device, the op's lists but the grads, positions of its grads or None)
         self.entries = entries  # per param: (launch, slot in its lists) or None when not in the step
         self.launch_of = {device: i for i, (device, _, positions) in enumerate(launches) if positions is not None}
+        self.natives = None  # native_launches(): the launches as winnow._C.MaskedAdamWPlan, once asked for
 
     def holds(self, group: dict, grads: list, container: dict) -> bool:
         """True when the lists are right for this step (patched where a parameter's active blocks
         were replaced); False when they must be rebuilt."""
+        return [g is not None for g in grads] == self.has_grad and self.state_holds(group, container)
+
+    def state_holds(self, group: dict, container: dict) -> bool:
+        """`holds` but for the grads (which of the params have one), which the native plans check."""
         params = group["params"]
         if not (container is self.container and len(container) == len(self.all_states)
                 and all(map(operator.is_, container.values(), self.all_states))
                 and group["amsgrad"] == self.amsgrad and len(params) == len(self.params)
-                and all(map(operator.is_, params, self.params))
-                and [g is not None for g in grads] == self.has_grad):
+                and all(map(operator.is_, params, self.params))):
             return False
         blocks = [None if s is None else s.get("active_blocks") for s in self.states]
         if all(map(operator.is_, blocks, self.blocks)):
@@ -71,7 +76,21 @@ class _StepPlan:
                 column[slot] = state[key]
             columns[4][slot], columns[5][slot] = now, state["block_step"]
             self.blocks[i] = now
+            self.natives = None  # built anew from the patched lists
         return True
+
+    def native_launches(self) -> list[tuple]:
+        """(device, winnow._C.MaskedAdamWPlan) per launch, built on first use from the lists. The
+        first also watches the group's params left out of the step (no grad, or no active
+        block), so a grad appearing or going away there sends the step back to a rebuild; a group
+        with no launch gets a plan that only watches."""
+        if self.natives is None:
+            left_out = [i for i, entry in enumerate(self.entries) if entry is None]
+            others = ([self.params[i] for i in left_out], [self.has_grad[i] for i in left_out])
+            launches = self.launches or [(None, [[] for _ in range(7)], None)]
+            self.natives = [(device, _C.MaskedAdamWPlan(*columns, *(others if k == 0 else ([], []))))
+                            for k, (device, columns, _) in enumerate(launches)]
+        return self.natives
 
 
 class MaskedAdamW(torch.optim.Optimizer):
@@ -332,14 +351,54 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     # ---- the step ----
 
-    @torch.no_grad()
+    @profiled_step
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
+        if not self._step_natively():
+            with torch.no_grad():
+                self._step_through_op()
+        return loss
+
+    @staticmethod
+    def _hyper(group: dict) -> tuple:
+        beta1, beta2 = group["betas"]
+        return (float(group["lr"]), float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"]),
+                bool(group["amsgrad"]), bool(group["maximize"]))
+
+    def _amp_tensors(self, device) -> tuple:
+        """GradScaler's grad_scale and found_inf on `device`, as the op takes them (None when not set)."""
+        return tuple(None if t is None else t.to(device, torch.float32).view(1)
+                     for t in (getattr(self, "grad_scale", None), getattr(self, "found_inf", None)))
+
+    def _step_natively(self) -> bool:
+        """The step through every group's kept plan (winnow._C.MaskedAdamWPlan: lists held in C++,
+        grads read there); False, with nothing done, when some group has none that holds (first
+        step, a grad appeared or went away, the state was replaced, a sharded param) or when
+        Dynamo traces the step (it traces the op instead)."""
+        if torch.compiler.is_compiling():
+            return False
+        natives = []
+        for group in self.param_groups:
+            plan = self._plans.get(id(group))
+            if plan is None or not plan.state_holds(group, self.state):
+                return False
+            natives.append((group, plan.native_launches()))
+        # With more than one call, every call's grads are checked before the first touches anything.
+        if (len(natives) > 1 or len(natives[0][1]) > 1) and not all(
+                native.grads_hold() for _, launches in natives for _, native in launches):
+            return False
+        for group, launches in natives:
+            hyper = self._hyper(group)
+            for device, native in launches:
+                if not native.step(*hyper, *self._amp_tensors(device)):
+                    return False  # only a single call gets here: it touched nothing
+        return True
+
+    def _step_through_op(self) -> None:
+        """The step through torch.ops.winnow.masked_adamw_step, its lists built (or patched) here."""
         # Check every gradient before touching anything, so a bad one leaves the model unchanged.
         grads_of_groups = []
         for group in self.param_groups:
@@ -349,19 +408,12 @@ class MaskedAdamW(torch.optim.Optimizer):
                     raise RuntimeError("MaskedAdamW does not support sparse gradients")
             grads_of_groups.append(grads)
         for group, grads in zip(self.param_groups, grads_of_groups):
-            amsgrad = group["amsgrad"]
-            beta1, beta2 = group["betas"]
-            hyper = (float(group["lr"]), float(beta1), float(beta2), float(group["weight_decay"]),
-                     float(group["eps"]), bool(amsgrad), bool(group["maximize"]))
+            hyper = self._hyper(group)
             for device, columns, launch_grads in self._launches(group, grads):
                 # The op itself, not ops.masked_adamw_step: these lists are built here, so the
                 # wrapper's type checks only cost time; the op validates every tensor.
-                torch.ops.winnow.masked_adamw_step(
-                    columns[0], launch_grads, *columns[1:], *hyper,
-                    None if grad_scale is None else grad_scale.to(device, torch.float32).view(1),
-                    None if found_inf is None else found_inf.to(device, torch.float32).view(1),
-                )
-        return loss
+                torch.ops.winnow.masked_adamw_step(columns[0], launch_grads, *columns[1:], *hyper,
+                                                   *self._amp_tensors(device))
 
     def _launches(self, group: dict, grads: list) -> list[tuple]:
         """Per device: (device, the op's lists but the grads, the grads). The lists are kept in a
