@@ -370,8 +370,10 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     def _amp_tensors(self, device) -> tuple:
         """GradScaler's grad_scale and found_inf on `device`, as the op takes them (None when not set)."""
-        return tuple(None if t is None else t.to(device, torch.float32).view(1)
-                     for t in (getattr(self, "grad_scale", None), getattr(self, "found_inf", None)))
+        amp = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if amp[0] is None and amp[1] is None:
+            return amp
+        return tuple(None if t is None else t.to(device, torch.float32).view(1) for t in amp)
 
     def _step_natively(self) -> bool:
         """The step through every group's kept plan (winnow._C.MaskedAdamWPlan: lists held in C++,

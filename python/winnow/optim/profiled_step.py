@@ -14,6 +14,8 @@ from itertools import chain
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+_profiler_enabled = torch._C._autograd._profiler_enabled
+
 
 def _run_with_hooks(self, func, args, kwargs):
     for pre_hook in chain(_global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
@@ -36,7 +38,7 @@ def profiled_step(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         self = args[0]
-        if not torch._C._autograd._profiler_enabled():
+        if not _profiler_enabled():
             return _run_with_hooks(self, func, args, kwargs)
         with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
             return _run_with_hooks(self, func, args, kwargs)
