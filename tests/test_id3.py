@@ -312,3 +312,28 @@ def test_exp_is_an_alias_of_exponent():
     assert winnow.ID3(model, budget=10, total_steps=2, exponent=0.5).id3_exponent == 0.5
     with pytest.raises(ValueError, match="exp is an alias of exponent"):
         winnow.ID3(model, budget=10, total_steps=2, exponent=0.5, exp=2.0)
+
+
+def test_step_hooks_run_once_per_step():
+    """ID3's step is MaskedAdamW's update after its own selection: torch's step hooks (and the
+    profiler's range) once per step, not once more for the update inside."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    model = net()
+    opt = winnow.ID3(model, budget=20, total_steps=4, lr=0.05)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    handle = register_optimizer_step_pre_hook(lambda o, args, kwargs: calls.append("global pre"))
+    try:
+        for batch in batches(2):
+            loss_of(model, batch).backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        handle.remove()
+    assert calls == ["global pre", "pre", "post"] * 2
+    loss_of(model, batches(1)[0]).backward()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert [e.name for e in prof.events()].count("Optimizer.step#ID3.step") == 1

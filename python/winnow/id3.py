@@ -10,6 +10,7 @@ from winnow import ops
 from winnow.dtypes import stat_dtype
 from winnow.optim import shards
 from winnow.optim.masked_adamw import MaskedAdamW
+from winnow.optim.profiled_step import profiled_step
 from winnow.sharded_topk import sharded_topk
 
 
@@ -263,6 +264,7 @@ class ID3(MaskedAdamW):
             self._global_count[i] += n
         return out
 
+    @profiled_step
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -278,7 +280,7 @@ class ID3(MaskedAdamW):
         else:
             for i in grown:
                 self._unmask(i, chosen[i])
-        super().step()
+        self._update()
         self.id3_step += 1
         return loss
 

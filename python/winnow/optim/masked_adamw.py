@@ -357,10 +357,15 @@ class MaskedAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update()
+        return loss
+
+    def _update(self) -> None:
+        """The AdamW update of every group's active blocks: the step without its closure and hooks
+        (ID3's step runs it after its own selection)."""
         if not self._step_natively():
             with torch.no_grad():
                 self._step_through_op()
-        return loss
 
     @staticmethod
     def _hyper(group: dict) -> tuple:
