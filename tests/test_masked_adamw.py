@@ -160,6 +160,16 @@ def test_kept_step_lists_follow_every_change(device):
     step_both(lambda m, o: o.state.__setitem__(m[2].bias, {}))
     step_both(lambda m, o: o.state.clear())
     step_both()
+    # moments reset by assigning new tensors (the lists held the old ones), on a param in the
+    # step and on one whose blocks are all inactive
+    step_both(lambda m, o: o.state[m[0].weight].update(
+        exp_avg=torch.zeros_like(o.state[m[0].weight]["exp_avg"]),
+        exp_avg_sq=torch.zeros_like(o.state[m[0].weight]["exp_avg_sq"])))
+    step_both(lambda m, o: o.state[m[0].weight].update(block_step=torch.zeros_like(o.state[m[0].weight]["block_step"])))
+    step_both(lambda m, o: o.deactivate(m[2].bias))
+    step_both(lambda m, o: o.state[m[2].bias].update(exp_avg=o.state[m[2].bias]["exp_avg"].clone()))
+    step_both(lambda m, o: o.activate(m[2].bias))
+    step_both()
 
 
 def test_state_bytes_proportional_to_density(device):

@@ -17,7 +17,8 @@ _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 class _StepPlan:
     """The argument lists of a group's fused step, with what they were built from, so that a
     step can tell in a few identity checks whether they still hold, and patch the entries of
-    parameters whose active set changed (ID3 grows dozens every step) instead of rebuilding."""
+    parameters whose state tensors were replaced (ID3 grows dozens of active sets every step; a
+    reset of the moments assigns new ones) instead of rebuilding."""
 
     def __init__(self, group: dict, grads: list, container: dict, keys: tuple[str, ...], launches: list[tuple],
                  entries: list):
@@ -31,7 +32,8 @@ class _StepPlan:
         self.amsgrad = group["amsgrad"]
         self.keys = keys
         self.states = states  # each param's state dict (None: no state yet)
-        self.blocks = [None if s is None else s["active_blocks"] for s in states]
+        self.watched_keys = ("active_blocks", "block_step", *keys)
+        self.watched = self._watched_now()
         self.launches = launches  # (device, the op's lists but the grads, positions of its grads or None)
         self.entries = entries  # per param: (launch, slot in its lists) or None when not in the step
         self.launch_of = {device: i for i, (device, _, positions) in enumerate(launches) if positions is not None}
@@ -50,15 +52,18 @@ class _StepPlan:
                 and group["amsgrad"] == self.amsgrad and len(params) == len(self.params)
                 and all(map(operator.is_, params, self.params))):
             return False
-        blocks = [None if s is None else s.get("active_blocks") for s in self.states]
-        if all(map(operator.is_, blocks, self.blocks)):
+        now = self._watched_now()
+        if all(map(operator.is_, now, self.watched)):
             return True
-        for i, (now, then) in enumerate(zip(blocks, self.blocks)):
-            if now is then:
+        w = len(self.watched_keys)
+        for i, state in enumerate(self.states):
+            if all(map(operator.is_, now[i * w:(i + 1) * w], self.watched[i * w:(i + 1) * w])):
                 continue
-            if now is None or now.numel() == 0:
-                return False  # the parameter leaves the step
-            state = self.states[i]
+            blocks = now[i * w]
+            if blocks is None or blocks.numel() == 0:
+                if self.entries[i] is not None:
+                    return False  # the parameter leaves the step
+                continue  # its state changed while it stays out of the step
             if self.entries[i] is None:  # it joins (ID3's first unmasked unit of it): appended
                 launch = self.launch_of.get(self.params[i].device)
                 if launch is None:
@@ -74,10 +79,15 @@ class _StepPlan:
             columns = self.launches[launch][1]
             for column, key in zip(columns[1:], self.keys):
                 column[slot] = state[key]
-            columns[4][slot], columns[5][slot] = now, state["block_step"]
-            self.blocks[i] = now
-            self.natives = None  # built anew from the patched lists
+            columns[4][slot], columns[5][slot] = blocks, state["block_step"]
+        self.watched = now
+        self.natives = None  # built anew from the patched lists
         return True
+
+    def _watched_now(self) -> list:
+        """The state tensors the lists hold, flat (per param: active blocks, step counts, moments)."""
+        keys = self.watched_keys
+        return [None if s is None else s.get(k) for s in self.states for k in keys]
 
     def native_launches(self) -> list[tuple]:
         """(device, winnow._C.MaskedAdamWPlan) per launch, built on first use from the lists. The
