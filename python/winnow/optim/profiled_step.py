@@ -3,21 +3,22 @@ only while a profiler runs.
 
 torch wraps every optimizer's `step` in `Optimizer.profile_hook_step`, which enters a
 `record_function` on each call: two op dispatches from Python, ~90 us just after a dense pass has
-evicted the caches, as much as a whole MaskedAdamW step at 1% density. This wrapper does what that
-one does, in the same order, and opens the same "Optimizer.step#<class>.step" range whenever
-torch's profiler (or emit_nvtx / emit_itt) is enabled; a step function marked `hooked` is left as
-it is by `Optimizer.__init__`.
+evicted the caches, a quarter of a whole MaskedAdamW step at 1% density. While torch's profiler
+(or emit_nvtx / emit_itt) is enabled this wrapper is torch's own; otherwise it runs the same hooks
+in the same order without the range. A step function marked `hooked` is left as it is by
+`Optimizer.__init__`.
 """
 import functools
 from itertools import chain
 
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim.optimizer import Optimizer, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 _profiler_enabled = torch._C._autograd._profiler_enabled
 
 
 def _run_with_hooks(self, func, args, kwargs):
+    """What profile_hook_step does inside its range (torch.optim.optimizer)."""
     for pre_hook in chain(_global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
         result = pre_hook(self, args, kwargs)
         if result is not None:
@@ -34,14 +35,13 @@ def _run_with_hooks(self, func, args, kwargs):
 
 def profiled_step(func):
     """`func` (an optimizer's step) with torch's hooks, and its profiler range while profiling."""
+    profiled = Optimizer.profile_hook_step(func)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        self = args[0]
-        if not _profiler_enabled():
-            return _run_with_hooks(self, func, args, kwargs)
-        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
-            return _run_with_hooks(self, func, args, kwargs)
+        if _profiler_enabled():
+            return profiled(*args, **kwargs)
+        return _run_with_hooks(args[0], func, args, kwargs)
 
     wrapper.hooked = True  # Optimizer.__init__ leaves it unwrapped
     return wrapper
