@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from benchmarks import adalora, harness, hvp, id3, importance, ist, ist_decoder, masked_adamw, oba_oracle, report, sweep
+from benchmarks import (adalora, harness, hvp, id3, importance, ist, ist_decoder, masked_adamw, oba_oracle,
+                        random_block_floor, report, sweep)
 
 BENCHMARKS = {
     "importance": importance.run,
@@ -21,8 +22,10 @@ BENCHMARKS = {
     "hvp": hvp.run,
     "sweep": sweep.run,
 }
-# Run by name only (not by --all, whose report is the kernel suite): they need the demo's models.
-BY_NAME_ONLY = {"ist-decoder": ist_decoder.run, "oba-oracle": oba_oracle.run}
+# Run by name only (not by --all, whose report is the kernel suite): the first two need the demo's
+# models, the floor a C++ compiler.
+BY_NAME_ONLY = {"ist-decoder": ist_decoder.run, "oba-oracle": oba_oracle.run,
+                "random-block-floor": random_block_floor.run}
 QUICK = {"total_elements": 1 << 16, "num_tensors": 8, "rounds": 3, "max_log4": 7, "batch_size": 4}
 
 

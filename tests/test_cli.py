@@ -262,3 +262,20 @@ def test_bench_quick_and_the_report(tmp_path, capsys):
     assert {p.name for p in paths} == {"cpu.json", "cpu.md", "cpu-time.png", "cpu-bandwidth.png"}
     assert "## sweep" in (tmp_path / "cpu.md").read_text()
     assert json.loads((tmp_path / "cpu.json").read_text())["benchmarks"]["sweep"]["rows"]
+
+
+def test_random_block_floor_benchmark_runs_its_checked_kernel(capsys):
+    """The floor kernel compiles, computes MaskedAdamW's step bit for bit (checked inside the
+    run, before timing) and is timed next to it on every density asked for."""
+    from benchmarks import random_block_floor
+
+    assert cli.main(["bench", "random-block-floor", "--quick", "--device", "cpu"]) == 0
+    assert "floor kernel density 0.01 random" in capsys.readouterr().out
+    result = random_block_floor.run(torch.device("cpu"), num_tensors=3, total_elements=3 * 64 * 37, rounds=1,
+                                    densities=(1.0, 0.3))
+    assert [r["contender"] for r in result["rows"]] == [
+        "torch AdamW fused", "winnow MaskedAdamW density 1", "floor kernel density 1",
+        "winnow MaskedAdamW density 0.3 random", "floor kernel density 0.3 random"]
+    assert all(r["ms"] > 0 for r in result["rows"])
+    with pytest.raises(ValueError, match="CPU only"):
+        random_block_floor.run(torch.device("cuda"))
