@@ -48,6 +48,8 @@ class FloorStep:
 
     def __init__(self, lib: ctypes.CDLL, params: list, blocks: list, block_size: int):
         n = len(params)
+        if any(p.dtype != torch.float32 or p.numel() % block_size for p in params):
+            raise ValueError(f"the floor kernel takes float32 params of whole blocks of {block_size} elements")
         self.params = params  # the kernel gets raw pointers: these keep params and grads alive
         self.moments = [torch.zeros(b.numel() * block_size) for b in blocks for _ in range(2)]
         self.blocks = [b.contiguous() for b in blocks]

@@ -2,8 +2,9 @@
 // benchmarks/random_block_floor.py with -O3 -march=native, no checks, no dispatch, one loop.
 // It reads and writes what MaskedAdamW does (the active blocks of p and g, compact moments) with
 // torch's AdamW formula and rounding (two divides and a square root per element), and prefetches
-// the next blocks of p and g as MaskedAdamW's kernel does. What it costs is the memory system's
-// price for that access pattern, the bound no kernel of this layout goes below.
+// the next blocks of p and g as MaskedAdamW's kernel does; it keeps no per-block step count
+// (MaskedAdamW's 4 B per block). What it costs is the memory system's price for that access
+// pattern, the bound no kernel of this layout goes below. float32, whole blocks only.
 #include <omp.h>
 
 #include <cmath>
