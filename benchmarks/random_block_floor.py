@@ -98,37 +98,41 @@ def _check(lib: ctypes.CDLL, block_size: int) -> None:
         assert torch.equal(p.detach(), r.detach()), "the floor kernel does not compute MaskedAdamW's update"
 
 
-def run(device: torch.device, num_tensors: int = 16, total_elements: int = 16 << 20, block_size: int = 64,
+def run(device: torch.device, num_tensors: int = 16, total_elements: int = 16 << 20, block_sizes=(64, 256),
         densities=(1.0, 0.5, 0.1, 0.01), rounds: int = 15) -> dict:
     if device.type != "cpu":
         raise ValueError(f"random_block_floor runs on CPU only, got device {device}")
     lib = _library()
-    _check(lib, block_size)
+    for bs in block_sizes:
+        _check(lib, bs)
     per = total_elements // num_tensors
     steps = {"torch AdamW fused": torch.optim.AdamW(_params(device, num_tensors, per), lr=HYPER["lr"],
                                                     fused=True).step}
-    densities_of = {"torch AdamW fused": 1.0}
-    for d in densities:
-        label = f"density {d:g}" + (" random" if d < 1.0 else "")
-        for kind in ("winnow MaskedAdamW", "floor kernel"):
-            ps = _params(device, num_tensors, per)
-            opt = MaskedAdamW(ps, block_size=block_size, **HYPER)
-            if d < 1.0:
-                gen = torch.Generator().manual_seed(1)  # the masked_adamw benchmark's masks
-                for p in ps:
-                    opt.set_mask(p, _mask(opt.num_blocks(p), d, "random", gen))
-            if kind == "winnow MaskedAdamW":
-                steps[f"{kind} {label}"] = opt.step
-            else:
-                opt.step()  # builds the block lists; the floor kernel gets its own moments
-                steps[f"{kind} {label}"] = FloorStep(lib, ps, _active_blocks(opt, ps), block_size)
-            densities_of[f"{kind} {label}"] = d
+    cases = {"torch AdamW fused": (None, 1.0)}
+    for bs in block_sizes:
+        for d in densities:
+            label = f"bs {bs} density {d:g}" + (" random" if d < 1.0 else "")
+            for kind in ("winnow MaskedAdamW", "floor kernel"):
+                ps = _params(device, num_tensors, per)
+                opt = MaskedAdamW(ps, block_size=bs, **HYPER)
+                if d < 1.0:
+                    gen = torch.Generator().manual_seed(1)  # the masked_adamw benchmark's masks
+                    for p in ps:
+                        opt.set_mask(p, _mask(opt.num_blocks(p), d, "random", gen))
+                if kind == "winnow MaskedAdamW":
+                    steps[f"{kind} {label}"] = opt.step
+                else:
+                    opt.step()  # builds the block lists; the floor kernel gets its own moments
+                    steps[f"{kind} {label}"] = FloorStep(lib, ps, _active_blocks(opt, ps), bs)
+                cases[f"{kind} {label}"] = (bs, d)
     samples = harness.time_interleaved(steps, device, rounds=rounds)
     base = samples["torch AdamW fused"]
-    rows = [{"contender": name, "density": densities_of[name], "ms": harness.median(t) * 1e3,
-             "time vs fused": 1 / harness.paired_speedup(base, t)} for name, t in samples.items()]
-    header = (f"random-block floor: {num_tensors} tensors x {per} float32 params, block size {block_size}, "
-              f"random active blocks (the masked_adamw benchmark's), on {harness.device_name(device)}\n"
-              f"floor kernel: {SOURCE.name} at {' '.join(FLAGS[:2])}; 'time vs fused' paired per round")
-    return {"header": header, "table": harness.format_table(rows, ["contender", "density", "ms", "time vs fused"]),
-            "rows": rows}
+    rows = [{"contender": name, "block size": cases[name][0] or "-", "density": cases[name][1],
+             "ms": harness.median(t) * 1e3, "time vs fused": 1 / harness.paired_speedup(base, t)}
+            for name, t in samples.items()]
+    header = (f"random-block floor: {num_tensors} tensors x {per} float32 params, block sizes "
+              f"{'/'.join(map(str, block_sizes))}, random active blocks (the masked_adamw benchmark's), on "
+              f"{harness.device_name(device)}\nfloor kernel: {SOURCE.name} at {' '.join(FLAGS[:2])}; "
+              f"'time vs fused' paired per round")
+    cols = ["contender", "block size", "density", "ms", "time vs fused"]
+    return {"header": header, "table": harness.format_table(rows, cols), "rows": rows}

@@ -270,12 +270,12 @@ def test_random_block_floor_benchmark_runs_its_checked_kernel(capsys):
     from benchmarks import random_block_floor
 
     assert cli.main(["bench", "random-block-floor", "--quick", "--device", "cpu"]) == 0
-    assert "floor kernel density 0.01 random" in capsys.readouterr().out
+    assert "floor kernel bs 256 density 0.01 random" in capsys.readouterr().out
     result = random_block_floor.run(torch.device("cpu"), num_tensors=3, total_elements=3 * 64 * 37, rounds=1,
-                                    densities=(1.0, 0.3))
+                                    block_sizes=(64,), densities=(1.0, 0.3))
     assert [r["contender"] for r in result["rows"]] == [
-        "torch AdamW fused", "winnow MaskedAdamW density 1", "floor kernel density 1",
-        "winnow MaskedAdamW density 0.3 random", "floor kernel density 0.3 random"]
+        "torch AdamW fused", "winnow MaskedAdamW bs 64 density 1", "floor kernel bs 64 density 1",
+        "winnow MaskedAdamW bs 64 density 0.3 random", "floor kernel bs 64 density 0.3 random"]
     assert all(r["ms"] > 0 for r in result["rows"])
     with pytest.raises(ValueError, match="CPU only"):
         random_block_floor.run(torch.device("cuda"))
