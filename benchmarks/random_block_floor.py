@@ -2,7 +2,7 @@
 
 A minimal kernel (benchmarks/floors/random_blocks.cpp, compiled here with the machine's C++
 compiler at -O3 -march=native, loaded with ctypes) updates the same random blocks of the same
-parameters as MaskedAdamW, with torch's formula, nothing else: no checks, no dispatch, one loop
+parameters as MaskedAdamW, with its per-element update (winnow/masked_adamw_step.h), nothing else: no checks, no dispatch, one loop
 that prefetches the next blocks. Both are timed side by side with torch's AdamW(fused=True).
 Where the minimal kernel's time vs fused is above a target, no kernel of this memory layout
 reaches that target on this machine: the time is the memory system's (TLB walks and the lines
@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+from torch.utils import cpp_extension
 
 from benchmarks import harness
 from benchmarks.masked_adamw import _mask, _params
@@ -23,8 +24,9 @@ from winnow.optim import MaskedAdamW
 
 SOURCE = Path(__file__).resolve().parent / "floors" / "random_blocks.cpp"
 BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "bench-floors"
+INCLUDE_DIR = Path(__file__).resolve().parents[1] / "csrc" / "include"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-         "-shared", "-fPIC"]
+         "-shared", "-fPIC", "-std=c++20"]
 HYPER = dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
 
 
@@ -33,12 +35,16 @@ def _library() -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("random_block_floor needs a C++ compiler (set CXX)")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    lib = BUILD_DIR / f"random_blocks-{digest}.so"
+    # winnow's per-element AdamW header, whose host-side half includes ATen's
+    includes = [f"-I{INCLUDE_DIR}", *(f"-isystem{d}" for d in cpp_extension.include_paths()),
+                f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    header = (INCLUDE_DIR / "winnow" / "masked_adamw_step.h").read_bytes()
+    digest = hashlib.sha256(SOURCE.read_bytes() + header + " ".join([compiler, *FLAGS, *includes]).encode())
+    lib = BUILD_DIR / f"random_blocks-{digest.hexdigest()[:16]}.so"
     if not lib.exists():
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], check=True)
+        subprocess.run([compiler, *FLAGS, *includes, str(SOURCE), "-o", str(tmp)], check=True)
         tmp.replace(lib)
     return ctypes.CDLL(str(lib))
 
