@@ -1,5 +1,6 @@
 """MaskedAdamW: AdamW that reads, updates and decays only the active blocks of each parameter."""
 import operator
+from itertools import compress, count
 from collections.abc import Iterable
 
 import torch
@@ -56,9 +57,11 @@ class _StepPlan:
         if all(map(operator.is_, now, self.watched)):
             return True
         w = len(self.watched_keys)
-        for i, state in enumerate(self.states):
-            if all(map(operator.is_, now[i * w:(i + 1) * w], self.watched[i * w:(i + 1) * w])):
-                continue
+        # the params whose watched tensors changed, found in one pass at C speed (ID3 changes
+        # dozens of its ~100 every step; a loop over all of them cost 0.4 ms a step)
+        changed = dict.fromkeys(j // w for j in compress(count(), map(operator.is_not, now, self.watched)))
+        for i in changed:
+            state = self.states[i]
             blocks = now[i * w]
             if blocks is None or blocks.numel() == 0:
                 if self.entries[i] is not None:
