@@ -69,6 +69,8 @@ bool id3_tile_at_most(const scalar_t* __restrict p, const scalar_t* __restrict g
   return all != 0;
 }
 
+constexpr int64_t kAheadBytes = 8192;  // software prefetch distance of the flag scan, per operand
+
 void tiles_at_most(const Id3Tile& r, uint8_t* flags) {
   const int64_t tiles = (r.len + kTopkTile - 1) / kTopkTile;
   std::fill(flags, flags + tiles, uint8_t{0});
@@ -83,9 +85,16 @@ void tiles_at_most(const Id3Tile& r, uint8_t* flags) {
         const auto cut = static_cast<acc_t>(r.cut);
         // tile by tile, in order: one stream per operand, which the hardware prefetchers follow
         // best (4 stretches of the range read side by side, 8 streams, cost 15-20% more on an
-        // AVX-512 AMD EPYC: a 32k chunk cut in 4 makes short streams the prefetchers ramp up for)
+        // AVX-512 AMD EPYC: a 32k chunk cut in 4 makes short streams the prefetchers ramp up for).
+        // Each tile's lines are also prefetched kAheadBytes ahead: the hardware alone keeps too
+        // few lines in flight (a two-stream read on 2 threads of a Xeon: 20 GB/s, 27 with this).
+        constexpr int64_t kLine = 64 / sizeof(scalar_t), kAhead = kAheadBytes / sizeof(scalar_t);
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int64_t b = tile * kTopkTile;
+          for (int64_t e = b + kAhead; e < std::min(r.len, b + kAhead + kTopkTile); e += kLine) {
+            __builtin_prefetch(p + e, 0);
+            __builtin_prefetch(g + e, 0);
+          }
           flags[tile] = id3_tile_at_most<E>(p + b, g + b, std::min(kTopkTile, r.len - b), c, cut);
         }
       }
