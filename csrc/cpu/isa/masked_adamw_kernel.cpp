@@ -1,5 +1,6 @@
 // masked_adamw_step's CPU loop, compiled once per instruction set (csrc/cpu/isa.h); the math is
-// winnow/masked_adamw_step.h, the launcher csrc/cpu/masked_adamw_step.cpp.
+// winnow/masked_adamw_step.h, the block update and prefetch winnow/masked_adamw_cpu_loop.h, the
+// launcher csrc/cpu/masked_adamw_step.cpp.
 #include "masked_adamw_kernel.h"
 
 #include <ATen/OpMathType.h>
@@ -7,35 +8,11 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "winnow/masked_adamw_cpu_loop.h"
 #include "winnow/masked_adamw_step.h"
 
 namespace winnow::cpu {
 namespace {
-
-// n consecutive elements: param/grad from `p`/`g`, state from `m`/`v`/`vmax`. Contiguous on both
-// sides, so it vectorises.
-template <bool kAmsgrad, bool kMaximize, typename scalar_t, typename acc_t>
-void update_range(scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* __restrict m, acc_t* __restrict v,
-                  acc_t* __restrict vmax, int64_t n, const adamw::Hyper<acc_t> h, const adamw::BlockCoeffs<acc_t> c) {
-  for (int64_t k = 0; k < n; ++k) {
-    acc_t pk = static_cast<acc_t>(p[k]);
-    acc_t unused = 0;
-    adamw::update<kAmsgrad, kMaximize>(pk, static_cast<acc_t>(g[k]), m[k], v[k], kAmsgrad ? vmax[k] : unused, h, c);
-    p[k] = static_cast<scalar_t>(pk);
-  }
-}
-
-// Sparse blocks sit at unpredictable addresses in the parameter and its gradient, where the
-// hardware prefetchers cannot follow: fetch every block a fixed distance ahead of the one being
-// updated (the compact state streams by itself).
-template <typename scalar_t>
-inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, int64_t len) {
-  constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  for (int64_t k = 0; k < len; k += kLine) {
-    __builtin_prefetch(p + first + k, 1);
-    __builtin_prefetch(g + first + k, 0);
-  }
-}
 
 // True when blocks [first, last) follow each other in the parameter and share one step count:
 // then the chunk is one range (at density 1, every chunk). A loop without an early exit, so it
@@ -90,7 +67,7 @@ void chunk(const AdamwChunk& a) {
       // loop of their own, whose update the compiler knows is one element.
       auto walk = [&](auto one_element) {
         constexpr bool kOne = decltype(one_element)::value;
-        constexpr int64_t ahead = kOne ? 16 : 12;  // one-element blocks cost less each: further
+        constexpr int64_t ahead = kOne ? 16 : kBlocksPrefetchedAhead;  // one-element blocks cost less each
         for (int64_t j = first_block; j < last_block; ++j) {
           if (j + ahead < last_block) prefetch_block(p, g, blocks[j + ahead] * bs, kOne ? 1 : bs);
           if (steps[j] != coeff_step) {

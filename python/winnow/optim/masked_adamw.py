@@ -1,7 +1,7 @@
 """MaskedAdamW: AdamW that reads, updates and decays only the active blocks of each parameter."""
 import operator
-from itertools import compress, count
 from collections.abc import Iterable
+from itertools import compress, count
 
 import torch
 from torch import Tensor
