@@ -27,8 +27,7 @@ WINNOW_HD Derivs<T> derivs(T z) {
     // written as torch's threshold: NaN passes through, with slope 1 (as autograd has it)
     return {choose(z <= zero, zero, z), choose(z <= zero, zero, one), zero};
   } else if constexpr (K == kGELU) {  // f = z Phi(z), f' = Phi + z phi, f'' = phi (2 - z^2)
-    const T cdf = T(0.5) * (one + error_function(z * T(0.70710678118654752)));
-    const T pdf = exponential(T(-0.5) * z * z) * T(0.39894228040143268);
+    const auto [cdf, pdf] = standard_normal(z);
     const auto flat = pdf == zero;  // |z| huge or inf: z * pdf -> 0, not inf * 0 = NaN
     return {z * cdf, choose(flat, cdf, cdf + z * pdf), choose(flat, zero, pdf * (T(2) - z * z))};
   } else if constexpr (K == kSiLU) {  // f = z s, f' = s + z s', f'' = s' (2 + z (1 - 2s))

@@ -22,11 +22,22 @@ WINNOW_HD double square_root(double x) { return sqrt(x); }
 WINNOW_HD float power(float x, float e) { return powf(x, e); }
 WINNOW_HD double power(double x, double e) { return pow(x, e); }
 
-WINNOW_HD float error_function(float x) { return erff(x); }
-WINNOW_HD double error_function(double x) { return erf(x); }
-
 WINNOW_HD float exponential(float x) { return expf(x); }
 WINNOW_HD double exponential(double x) { return exp(x); }
+
+// The standard normal distribution at z: its cdf Phi(z) and density phi(z), GELU's two factors.
+// (On vectors of lanes, csrc/cpu/isa/vec_math.h computes both from one exponential.)
+template <typename T>
+struct Normal {
+  T cdf, pdf;
+};
+
+WINNOW_HD Normal<float> standard_normal(float z) {
+  return {0.5f * (1.f + erff(z * 0.70710678118654752f)), expf(-0.5f * z * z) * 0.39894228040143268f};
+}
+WINNOW_HD Normal<double> standard_normal(double z) {
+  return {0.5 * (1. + erf(z * 0.70710678118654752)), exp(-0.5 * z * z) * 0.39894228040143268};
+}
 
 WINNOW_HD float hyperbolic_tangent(float x) { return tanhf(x); }
 WINNOW_HD double hyperbolic_tangent(double x) { return tanh(x); }
