@@ -7,6 +7,7 @@
 
 #include "cpu/isa.h"
 #include "masked_adamw_plan.h"
+#include "state_watch.h"
 
 #ifndef WINNOW_TORCH_VERSION
 #error "WINNOW_TORCH_VERSION must be defined by the build"
@@ -92,4 +93,5 @@ PYBIND11_MODULE(_C, m) {
   // WINNOW_CPU_CAPABILITY.
   m.def("cpu_capability", [] { return std::string(winnow::cpu::isa_name(winnow::cpu::active_isa())); });
   winnow::bind_masked_adamw_plan(m);
+  winnow::bind_state_watch(m);
 }

@@ -120,8 +120,9 @@ def test_grad_none_is_skipped(device):
 
 def test_kept_step_lists_follow_every_change(device):
     """The step keeps its argument lists between steps: after each kind of change (masks set,
-    grown, emptied, grads gone and back, amsgrad switched, state reloaded, a copy pickled) it
-    must update exactly what an optimizer that rebuilds them every step updates."""
+    grown, emptied, grads gone and back, amsgrad switched, params reordered, state reloaded, a copy
+    pickled, state entries replaced) it must update exactly what an optimizer that rebuilds them
+    every step updates."""
     models = [make_model(device) for _ in range(2)]
     opts = [MaskedAdamW(groups(m), lr=0.05, weight_decay=0.1, block_size=8) for m in models]
     gen = torch.Generator().manual_seed(3)
@@ -154,6 +155,13 @@ def test_kept_step_lists_follow_every_change(device):
     step_both(lambda m, o: o.load_state_dict(copy.deepcopy(o.state_dict())))
     models[0], opts[0] = copy.deepcopy((models[0], opts[0]))  # through __getstate__ / __setstate__
     step_both()
+
+    def swap_first_two(model, opt):  # same params, same state, another order in the group
+        params = opt.param_groups[0]["params"]
+        params[0], params[1] = params[1], params[0]
+
+    step_both(swap_first_two)
+    step_both(swap_first_two)  # and back
     step_both(lambda m, o: o.param_groups[0]["params"].pop())  # a param leaves its group
     step_both()
     step_both(lambda m, o: o.state.pop(m[2].weight))  # its moments reset: fresh state, fully active
@@ -169,6 +177,15 @@ def test_kept_step_lists_follow_every_change(device):
     step_both(lambda m, o: o.deactivate(m[2].bias))
     step_both(lambda m, o: o.state[m[2].bias].update(exp_avg=o.state[m[2].bias]["exp_avg"].clone()))
     step_both(lambda m, o: o.activate(m[2].bias))
+    step_both()
+
+    def replace_first(model, opt):  # another tensor, without state, in the first param's place
+        extra = torch.nn.Parameter(torch.linspace(-1, 1, 5, device=device))
+        extra.grad = torch.linspace(1, 2, 5, device=device)
+        model.register_parameter("extra", extra)  # compared with the other model's below
+        opt.param_groups[0]["params"][0] = extra
+
+    step_both(replace_first)
     step_both()
 
 
