@@ -39,7 +39,7 @@ class _StepPlan:
         self.entries = entries  # per param: (launch, slot in its lists) or None when not in the step
         self.launch_of = {device: i for i, (device, _, positions) in enumerate(launches) if positions is not None}
         self.natives = None  # native_launches(): the launches as winnow._C.MaskedAdamWPlan, once asked for
-        self.watch = self._watch()
+        self.watch = None  # winnow._C.StateWatch, once the state has held for a step (see state_holds)
 
     def holds(self, group: dict, grads: list, container: dict) -> bool:
         """True when the lists are right for this step (patched where a parameter's active blocks
@@ -48,7 +48,7 @@ class _StepPlan:
 
     def state_holds(self, group: dict, container: dict) -> bool:
         """`holds` but for the grads (which of the params have one), which the native plans check."""
-        if self.watch.holds(container, group):  # nothing replaced: one call, no Python per param
+        if self.watch is not None and self.watch.holds(container, group):  # one call, no Python per param
             return True
         params = group["params"]
         if not (container is self.container and len(container) == len(self.all_states)
@@ -58,6 +58,9 @@ class _StepPlan:
             return False
         now = self._watched_now()
         if all(map(operator.is_, now, self.watched)):
+            # checked in C++ from the next step on; not built while the state changes every step
+            # (ID3 grows dozens of params a step: a watch would be built for nothing each time)
+            self.watch = self._watch()
             return True
         w = len(self.watched_keys)
         # the params whose watched tensors changed, found in one pass at C speed (ID3 changes
@@ -89,7 +92,7 @@ class _StepPlan:
             columns[4][slot], columns[5][slot] = blocks, state["block_step"]
         self.watched = now
         self.natives = None  # built anew from the patched lists
-        self.watch = self._watch()
+        self.watch = None
         return True
 
     def _watch(self):
