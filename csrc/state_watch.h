@@ -1,4 +1,4 @@
-// winnow._C.StateWatch (state_watch.cpp): an identity check of a MaskedAdamW group's state in C++.
+// winnow._C.StateWatch (state_watch.cpp): which state tensors of a MaskedAdamW group were replaced.
 #pragma once
 
 #include <pybind11/pybind11.h>

@@ -319,6 +319,40 @@ def test_bad_input():
     assert torch.equal(p, before) and len(opt.state) == 0  # nothing stepped, no state created
 
 
+def test_state_watch_reports_each_replacement_once():
+    """winnow._C.StateWatch (the kept plan's check): a param whose watched object was replaced is
+    reported until refreshed, then not; a changed container, state set or param list is None."""
+    from winnow import _C
+
+    params = [torch.zeros(2), torch.zeros(3), torch.zeros(4)]
+    states = [{"a": torch.zeros(1), "b": torch.zeros(1)}, None, {"a": torch.zeros(1)}]
+    container = {p: s for p, s in zip(params, states) if s is not None}
+    group = {"params": list(params), "amsgrad": False}
+
+    def watch():
+        return _C.StateWatch(container, list(container.values()), params, False, states, ["a", "b"])
+
+    w = watch()
+    assert w.changed(container, group) == []
+    states[2]["b"] = torch.zeros(1)  # absent when read: a change
+    states[0]["a"] = torch.zeros(1)
+    assert w.changed(container, group) == [0, 2]
+    assert w.changed(container, group) == [0, 2]  # until refreshed
+    w.refresh([0, 2])
+    assert w.changed(container, group) == []
+    del states[0]["b"]
+    assert w.changed(container, group) == [0]
+    assert watch().changed(dict(container), group) is None  # another container
+    assert watch().changed(container, {**group, "amsgrad": True}) is None
+    assert watch().changed(container, {**group, "params": params[::-1]}) is None
+    assert watch().changed(container, {**group, "params": params[:2]}) is None
+    w = watch()
+    container[params[1]] = {}  # a state added
+    assert w.changed(container, group) is None
+    with pytest.raises(IndexError):
+        w.refresh([3])
+
+
 def test_steps_after_the_first_run_on_the_kept_native_plan(device, monkeypatch):
     """From the second step on, a step whose lists hold runs through winnow._C.MaskedAdamWPlan
     (no Python op call); it must update what torch's AdamW does, and go back through the op

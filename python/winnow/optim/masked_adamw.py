@@ -1,7 +1,5 @@
 """MaskedAdamW: AdamW that reads, updates and decays only the active blocks of each parameter."""
-import operator
 from collections.abc import Iterable
-from itertools import compress, count
 
 import torch
 from torch import Tensor
@@ -23,23 +21,22 @@ class _StepPlan:
 
     def __init__(self, group: dict, grads: list, container: dict, keys: tuple[str, ...], launches: list[tuple],
                  entries: list):
-        # the optimizer's state container and every state dict in it, in order: a state cleared,
-        # deleted or replaced (a reset of the moments) shows as a change here, without hashing
-        # parameters
-        self.container, self.all_states = container, list(container.values())
         states = [container.get(p) for p in group["params"]]
         self.params = list(group["params"])
         self.has_grad = [g is not None for g in grads]
-        self.amsgrad = group["amsgrad"]
         self.keys = keys
         self.states = states  # each param's state dict (None: no state yet)
-        self.watched_keys = ("active_blocks", "block_step", *keys)
-        self.watched = self._watched_now()
         self.launches = launches  # (device, the op's lists but the grads, positions of its grads or None)
         self.entries = entries  # per param: (launch, slot in its lists) or None when not in the step
         self.launch_of = {device: i for i, (device, _, positions) in enumerate(launches) if positions is not None}
         self.natives = None  # native_launches(): the launches as winnow._C.MaskedAdamWPlan, once asked for
-        self.watch = None  # winnow._C.StateWatch, once the state has held for a step (see state_holds)
+        # What the lists were built from, checked by identity in C++ (after a dense pass has evicted
+        # the caches, the same checks in Python cost 0.05 ms a step): the optimizer's state
+        # container and every state dict in it, in order (a state cleared, deleted or replaced
+        # shows, without hashing parameters), the group's params and amsgrad, and per param the
+        # objects the lists hold (active blocks, step counts, moments).
+        self.watch = _C.StateWatch(container, list(container.values()), self.params, group["amsgrad"], states,
+                                   ["active_blocks", "block_step", *keys])
 
     def holds(self, group: dict, grads: list, container: dict) -> bool:
         """True when the lists are right for this step (patched where a parameter's active blocks
@@ -48,28 +45,12 @@ class _StepPlan:
 
     def state_holds(self, group: dict, container: dict) -> bool:
         """`holds` but for the grads (which of the params have one), which the native plans check."""
-        if self.watch is not None and self.watch.holds(container, group):  # one call, no Python per param
-            return True
-        params = group["params"]
-        if not (container is self.container and len(container) == len(self.all_states)
-                and all(map(operator.is_, container.values(), self.all_states))
-                and group["amsgrad"] == self.amsgrad and len(params) == len(self.params)
-                and all(map(operator.is_, params, self.params))):
-            return False
-        now = self._watched_now()
-        if all(map(operator.is_, now, self.watched)):
-            # checked in C++ from the next step on; not built while the state changes every step
-            # (ID3 grows dozens of params a step: a watch would be built for nothing each time)
-            self.watch = self._watch()
-            return True
-        w = len(self.watched_keys)
-        # the params whose watched tensors changed, found in one pass at C speed (ID3 changes
-        # 33-41 of its 103 every step: with a slice comparison per param this took 0.43 ms a
-        # step under cProfile, 0.30 with the one pass)
-        changed = dict.fromkeys(j // w for j in compress(count(), map(operator.is_not, now, self.watched)))
+        changed = self.watch.changed(container, group)  # ID3 changes 33-41 of its 103 every step
+        if changed is None:
+            return False  # another container, states added or removed, other params
         for i in changed:
             state = self.states[i]
-            blocks = now[i * w]
+            blocks = state.get("active_blocks")
             if blocks is None or blocks.numel() == 0:
                 if self.entries[i] is not None:
                     return False  # the parameter leaves the step
@@ -90,21 +71,10 @@ class _StepPlan:
             for column, key in zip(columns[1:], self.keys):
                 column[slot] = state[key]
             columns[4][slot], columns[5][slot] = blocks, state["block_step"]
-        self.watched = now
-        self.natives = None  # built anew from the patched lists
-        self.watch = None
+        if changed:
+            self.watch.refresh(changed)
+            self.natives = None  # built anew from the patched lists
         return True
-
-    def _watch(self):
-        """The identity checks of state_holds' first lines, as one C++ call (winnow._C.StateWatch:
-        after a dense pass has evicted the caches, the Python checks cost 0.05 ms a step)."""
-        return _C.StateWatch(self.container, self.all_states, self.params, self.amsgrad, self.states,
-                             list(self.watched_keys), self.watched)
-
-    def _watched_now(self) -> list:
-        """The state tensors the lists hold, flat (per param: active blocks, step counts, moments)."""
-        keys = self.watched_keys
-        return [None if s is None else s.get(k) for s in self.states for k in keys]
 
     def native_launches(self) -> list[tuple]:
         """(device, winnow._C.MaskedAdamWPlan) per launch, built on first use from the lists. The
