@@ -120,9 +120,9 @@ def test_grad_none_is_skipped(device):
 
 def test_kept_step_lists_follow_every_change(device):
     """The step keeps its argument lists between steps: after each kind of change (masks set,
-    grown, emptied, grads gone and back, amsgrad switched, params reordered, state reloaded, a copy
-    pickled, state entries replaced) it must update exactly what an optimizer that rebuilds them
-    every step updates."""
+    grown, emptied, grads gone and back, params reordered, removed or replaced, state reloaded,
+    a copy pickled, state entries replaced) it must update exactly what an optimizer that
+    rebuilds them every step updates."""
     models = [make_model(device) for _ in range(2)]
     opts = [MaskedAdamW(groups(m), lr=0.05, weight_decay=0.1, block_size=8) for m in models]
     gen = torch.Generator().manual_seed(3)
