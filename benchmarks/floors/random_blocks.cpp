@@ -27,9 +27,7 @@ extern "C" void floor_step(int num_tensors, float* const* params, const float* c
     const int64_t* b = blocks[t];
     const int64_t count = num_blocks[t];
     for (int64_t j = 0; j < count; ++j) {
-      if (j + kBlocksPrefetchedAhead < count) {
-        prefetch_block(p, g, b[j + kBlocksPrefetchedAhead] * block_size, block_size);
-      }
+      prefetch_ahead(p, g, exp_avgs[t], exp_avg_sqs[t], b, j, count, block_size);
       const int64_t first = b[j] * block_size;
       update_range<false, false>(p + first, g + first, exp_avgs[t] + j * block_size, exp_avg_sqs[t] + j * block_size,
                                  static_cast<float*>(nullptr), block_size, h, c);

@@ -60,16 +60,19 @@ void chunk(const AdamwChunk& a) {
         update(first, a.begin, std::min(a.end - a.begin, numel - first));
         return;
       }
-      // Block by block, each prefetched `ahead` blocks before its update, also inside runs of
+      // Block by block, each fetched ahead of its update (prefetch_ahead), also inside runs of
       // consecutive blocks: merging runs into one range, or leaving the middle of a run to the
       // hardware, measured 3-6% slower at density 0.5 with 64-element blocks (Xeon, AVX-512):
       // the run lengths are random, a fixed trip count is not. One-element blocks (ID3) get a
       // loop of their own, whose update the compiler knows is one element.
       auto walk = [&](auto one_element) {
         constexpr bool kOne = decltype(one_element)::value;
-        constexpr int64_t ahead = kOne ? 16 : kBlocksPrefetchedAhead;  // one-element blocks cost less each
         for (int64_t j = first_block; j < last_block; ++j) {
-          if (j + ahead < last_block) prefetch_block(p, g, blocks[j + ahead] * bs, kOne ? 1 : bs);
+          if constexpr (kOne) {  // one-element blocks cost less each: fetched further ahead
+            if (j + 16 < last_block) prefetch_block(p, g, blocks[j + 16], 1);
+          } else {
+            prefetch_ahead(p, g, m, v, blocks, j, last_block, bs);
+          }
           if (steps[j] != coeff_step) {
             coeff_step = steps[j];
             c = coeffs(coeff_step);

@@ -28,13 +28,38 @@ void update_range(scalar_t* __restrict p, const scalar_t* __restrict g, acc_t* _
 
 // Sparse blocks sit at unpredictable addresses in the parameter and its gradient, where the
 // hardware prefetchers cannot follow: every block is fetched a fixed distance ahead of the one
-// being updated (the compact state streams by itself).
+// being updated.
 template <typename scalar_t>
-inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, int64_t len) {
+[[gnu::always_inline]] inline void prefetch_block(const scalar_t* p, const scalar_t* g, int64_t first, int64_t len) {
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
   for (int64_t k = 0; k < len; k += kLine) {
     __builtin_prefetch(p + first + k, 1);
     __builtin_prefetch(g + first + k, 0);
+  }
+}
+
+// The compact state streams, yet with blocks of 64 elements (4 lines of each moment) fetching
+// it ahead too took 5-8% off the step at random densities 0.5, 0.1 and 0.01 (Xeon, AVX-512;
+// same-process A/B of floor kernels, three instances each); with 128 it gained ~1%, with 256
+// nothing. So only blocks up to 64 elements, 8 blocks ahead (1-16 measured alike).
+constexpr int64_t kStateBlocksPrefetchedAhead = 8;
+constexpr int64_t kStatePrefetchedUpToBlock = 64;
+
+// Before the update of block j of [.., last): block j + kBlocksPrefetchedAhead's parameter and
+// gradient, and for short blocks block j + kStateBlocksPrefetchedAhead's moments (compact slots).
+// Always inlined: GCC 12 takes a function of prefetches alone for a pure one with no result
+// and drops the call to it (measured: a step with no prefetch at all, 25-30% slower).
+template <typename scalar_t, typename acc_t>
+[[gnu::always_inline]] inline void prefetch_ahead(const scalar_t* p, const scalar_t* g, const acc_t* m, const acc_t* v,
+                           const int64_t* blocks, int64_t j, int64_t last, int64_t block_size) {
+  if (j + kBlocksPrefetchedAhead < last) prefetch_block(p, g, blocks[j + kBlocksPrefetchedAhead] * block_size, block_size);
+  if (block_size <= kStatePrefetchedUpToBlock && j + kStateBlocksPrefetchedAhead < last) {
+    constexpr int64_t kLine = 64 / sizeof(acc_t);
+    const int64_t slot = (j + kStateBlocksPrefetchedAhead) * block_size;
+    for (int64_t k = 0; k < block_size; k += kLine) {
+      __builtin_prefetch(m + slot + k, 1);
+      __builtin_prefetch(v + slot + k, 1);
+    }
   }
 }
 
