@@ -415,6 +415,30 @@ def test_a_sparse_grad_after_the_plan_is_kept_raises_before_any_update(device):
     assert torch.equal(a, before)
 
 
+@pytest.mark.parametrize("kind", ["pre", "post", "global pre", "global post"])
+def test_each_step_hook_alone_runs(kind):
+    """Without any other hook, one hook of each kind still runs (the step skips the hook
+    machinery only when every hook dict is empty)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    p = torch.randn(8, requires_grad=True)
+    opt = MaskedAdamW([p], lr=0.1)
+    calls = []
+    register = {"pre": opt.register_step_pre_hook, "post": opt.register_step_post_hook,
+                "global pre": register_optimizer_step_pre_hook,
+                "global post": register_optimizer_step_post_hook}[kind]
+    handle = register(lambda o, args, kwargs: calls.append(o))
+    try:
+        for _ in range(2):
+            p.grad = torch.ones(8)
+            opt.step()
+    finally:
+        handle.remove()
+    assert calls == [opt, opt]
+    opt.step()  # removed: not called again
+    assert calls == [opt, opt]
+
+
 def test_step_hooks_and_profiler_range():
     """The step keeps torch.optim's hooks (instance and global, pre hooks may replace the
     arguments) and opens torch's "Optimizer.step#MaskedAdamW.step" range while profiling."""

@@ -5,8 +5,8 @@ torch wraps every optimizer's `step` in `Optimizer.profile_hook_step`, which ent
 `record_function` on each call: two op dispatches from Python, ~90 us just after a dense pass has
 evicted the caches, a quarter of a whole MaskedAdamW step at 1% density. While torch's profiler
 (or emit_nvtx / emit_itt) is enabled this wrapper is torch's own; otherwise it runs the same hooks
-in the same order without the range. A step function marked `hooked` is left as it is by
-`Optimizer.__init__`.
+in the same order without the range, or, with no hook registered, the step alone. A step function
+marked `hooked` is left as it is by `Optimizer.__init__`.
 """
 import functools
 from itertools import chain
@@ -38,10 +38,15 @@ def profiled_step(func):
     profiled = Optimizer.profile_hook_step(func)
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         if _profiler_enabled():
-            return profiled(*args, **kwargs)
-        return _run_with_hooks(args[0], func, args, kwargs)
+            return profiled(self, *args, **kwargs)
+        if (_global_optimizer_pre_hooks or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_post_hooks):
+            return _run_with_hooks(self, func, (self, *args), kwargs)
+        # No hook, no profiler (the only reader of the step-code marker): the step alone, 21-28
+        # us less of a 0.46-0.50 ms step at 1% density after a dense pass (same-process A/B)
+        return func(self, *args, **kwargs)
 
     wrapper.hooked = True  # Optimizer.__init__ leaves it unwrapped
     return wrapper
