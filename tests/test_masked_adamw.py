@@ -415,6 +415,16 @@ def test_a_sparse_grad_after_the_plan_is_kept_raises_before_any_update(device):
     assert torch.equal(a, before)
 
 
+def _step_twice_then_remove(opt, p, handle):
+    """Two steps, each with a fresh grad of ones, then the hook `handle` removed (also when a step raised)."""
+    try:
+        for _ in range(2):
+            p.grad = torch.ones(p.shape)
+            opt.step()
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("kind", ["pre", "post", "global pre", "global post"])
 def test_each_step_hook_alone_runs(kind):
     """Without any other hook, one hook of each kind still runs (the step skips the hook
@@ -428,12 +438,7 @@ def test_each_step_hook_alone_runs(kind):
                 "global pre": register_optimizer_step_pre_hook,
                 "global post": register_optimizer_step_post_hook}[kind]
     handle = register(lambda o, args, kwargs: calls.append(o))
-    try:
-        for _ in range(2):
-            p.grad = torch.ones(8)
-            opt.step()
-    finally:
-        handle.remove()
+    _step_twice_then_remove(opt, p, handle)
     assert calls == [opt, opt]
     opt.step()  # removed: not called again
     assert calls == [opt, opt]
@@ -450,12 +455,7 @@ def test_step_hooks_and_profiler_range():
     opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", args, kwargs)))
     opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", args, kwargs)))
     handle = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append(("global post", args, kwargs)))
-    try:
-        for _ in range(2):
-            p.grad = torch.ones(8)
-            opt.step()
-    finally:
-        handle.remove()
+    _step_twice_then_remove(opt, p, handle)
     assert [c[0] for c in calls] == ["pre", "post", "global post"] * 2
     closure_calls = []
     replace = opt.register_step_pre_hook(lambda o, args, kwargs: (args, {"closure": lambda: closure_calls.append(1)}))

@@ -57,8 +57,9 @@ constexpr int64_t kStatePrefetchedUpToBlock = 64;
 // Always inlined: GCC 12 takes a function of prefetches alone for a pure one with no result
 // and drops the call to it (measured: a step with no prefetch at all, 25-30% slower).
 template <typename scalar_t, typename acc_t>
-[[gnu::always_inline]] inline void prefetch_ahead(const scalar_t* p, const scalar_t* g, const acc_t* m, const acc_t* v,
-                           const int64_t* blocks, int64_t j, int64_t last, int64_t block_size) {
+[[gnu::always_inline]] inline void prefetch_ahead(const scalar_t* p, const scalar_t* g, const acc_t* m,
+                                                  const acc_t* v, const int64_t* blocks, int64_t j, int64_t last,
+                                                  int64_t block_size) {
   const int64_t ahead = j + blocks_prefetched_ahead(block_size);
   if (ahead < last) prefetch_block(p, g, blocks[ahead] * block_size, block_size);
   if (block_size <= kStatePrefetchedUpToBlock && j + kStateBlocksPrefetchedAhead < last) {
