@@ -80,7 +80,65 @@ class MaskedAdamWPlan {
     return true;
   }
 
+  // The step with the hyperparameters read from the param group (a dict: lr, betas,
+  // weight_decay, eps, amsgrad, maximize, as MaskedAdamW._hyper reads them), so that the step
+  // crosses from Python in one call: 5-7% less of a 0.42-0.53 ms step at 1% density, 64-element
+  // blocks, after a dense pass (Xeon, AVX-512; same-process A/B, three optimizers each, two
+  // runs). False, with nothing touched, when this path does not apply and the caller steps the
+  // general way: GradScaler's grad_scale or found_inf set in `attributes` (the optimizer's
+  // instance dict), a key missing or of another form (the general way raises there), or grads
+  // that do not hold.
+  bool step_group(const py::dict& group, const py::dict& attributes) {
+    static PyObject* const keys[] = {intern("grad_scale"), intern("found_inf"), intern("lr"),      intern("betas"),
+                                     intern("weight_decay"), intern("eps"),     intern("amsgrad"), intern("maximize")};
+    for (PyObject* amp : {keys[0], keys[1]}) {
+      PyObject* t = item(attributes.ptr(), amp);
+      if (t != nullptr && t != Py_None) return false;
+    }
+    double lr, beta1, beta2, weight_decay, eps;
+    bool amsgrad, maximize;
+    PyObject* betas = item(group.ptr(), keys[3]);
+    if (betas == nullptr || !PyTuple_Check(betas) || PyTuple_GET_SIZE(betas) != 2 ||
+        !as_double(item(group.ptr(), keys[2]), lr) || !as_double(PyTuple_GET_ITEM(betas, 0), beta1) ||
+        !as_double(PyTuple_GET_ITEM(betas, 1), beta2) || !as_double(item(group.ptr(), keys[4]), weight_decay) ||
+        !as_double(item(group.ptr(), keys[5]), eps) || !as_bool(item(group.ptr(), keys[6]), amsgrad) ||
+        !as_bool(item(group.ptr(), keys[7]), maximize)) {
+      return false;
+    }
+    py::gil_scoped_release released;
+    return step(lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, std::nullopt, std::nullopt);
+  }
+
  private:
+  static PyObject* intern(const char* key) { return PyUnicode_InternFromString(key); }
+  // d[key] (borrowed), or nullptr when absent; a key's __eq__ raising propagates.
+  static PyObject* item(PyObject* d, PyObject* key) {
+    PyObject* v = PyDict_GetItemWithError(d, key);
+    if (v == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    return v;
+  }
+  // float(value) and bool(value) as Python takes them (a tensor lr, a string, included); false
+  // when the value is absent (nullptr); a conversion that raises propagates.
+  static bool as_double(PyObject* value, double& out) {
+    if (value == nullptr) return false;
+    if (PyFloat_CheckExact(value)) {
+      out = PyFloat_AS_DOUBLE(value);
+      return true;
+    }
+    PyObject* converted = PyNumber_Float(value);
+    if (converted == nullptr) throw py::error_already_set();
+    out = PyFloat_AS_DOUBLE(converted);
+    Py_DECREF(converted);
+    return true;
+  }
+  static bool as_bool(PyObject* value, bool& out) {
+    if (value == nullptr) return false;
+    const int truth = PyObject_IsTrue(value);
+    if (truth < 0) throw py::error_already_set();
+    out = truth != 0;
+    return true;
+  }
+
   static void check_layout(const at::Tensor& g) {
     TORCH_CHECK(g.layout() == at::kStrided, "MaskedAdamW does not support sparse gradients");
   }
@@ -105,7 +163,8 @@ void bind_masked_adamw_plan(pybind11::module_& m) {
       .def("grads_hold", &MaskedAdamWPlan::grads_hold, py::call_guard<py::gil_scoped_release>())
       .def("step", &MaskedAdamWPlan::step, py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
            py::arg("weight_decay"), py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("grad_scale"),
-           py::arg("found_inf"), py::call_guard<py::gil_scoped_release>());
+           py::arg("found_inf"), py::call_guard<py::gil_scoped_release>())
+      .def("step_group", &MaskedAdamWPlan::step_group, py::arg("group"), py::arg("attributes"));
 }
 
 }  // namespace winnow

@@ -386,6 +386,33 @@ def test_steps_after_the_first_run_on_the_kept_native_plan(device, monkeypatch):
     assert [step(drop=0), step(), step()] == [n + 3, n + 4, n + 4]  # in the first group
 
 
+def test_a_single_group_steps_in_one_call_with_the_hyperparameters_of_each_step(device, monkeypatch):
+    """One group: the kept plan reads lr, betas, weight_decay, eps and maximize from the group in
+    C++ (MaskedAdamWPlan.step_group) at every step; a group it cannot read so (betas a list) goes
+    the general way, and both update what torch's AdamW does."""
+    model, ref = make_model(device), make_model(device)
+    hp = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
+    opt, ref_opt = MaskedAdamW(model.parameters(), **hp), torch.optim.AdamW(ref.parameters(), **hp)
+    general = []
+    hyper = opt._hyper
+    monkeypatch.setattr(opt, "_hyper", lambda group: (general.append(1), hyper(group))[1])
+    changes = [{}, {}, {"lr": 3e-3}, {"betas": (0.8, 0.95)}, {"weight_decay": 0.0, "eps": 1e-6},
+               {"maximize": True}, {"lr": torch.tensor(2e-3)}, {"betas": [0.9, 0.99], "maximize": False}]
+    gen = torch.Generator().manual_seed(0)
+    for step, change in enumerate(changes):
+        x = torch.randn(6, 13, generator=gen).to(device)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.param_groups[0].update(change)
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+        for a, b in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        if step == 1:
+            through_general = len(general)
+    assert len(general) == through_general + 1  # only the step whose betas are a list
+
+
 def test_a_group_whose_params_had_no_grad_is_watched(device):
     model, ref = make_model(device), make_model(device)
     opt = MaskedAdamW(groups(model), lr=1e-2)
