@@ -393,8 +393,11 @@ class MaskedAdamW(torch.optim.Optimizer):
             if plan is None or not plan.state_holds(group, self.state):
                 return False
             natives.append((group, plan.native_launches()))
-        if len(natives) == 1 and len(natives[0][1]) == 1 and natives[0][1][0][1].step_group(group, self.__dict__):
-            return True  # the usual case: hyperparameters read and the step taken in one call
+        if len(natives) == 1 and len(natives[0][1]) == 1:
+            # the usual case: one call reads the hyperparameters and steps (False: nothing touched)
+            group, [(_, native)] = natives[0]
+            if native.step_group(group, self.__dict__):
+                return True
         # With more than one call, every call's grads are checked before the first touches anything.
         if (len(natives) > 1 or len(natives[0][1]) > 1) and not all(
                 native.grads_hold() for _, launches in natives for _, native in launches):
