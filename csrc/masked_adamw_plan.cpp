@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "python_dict.h"
+
 namespace winnow {
 namespace {
 
@@ -89,8 +91,10 @@ class MaskedAdamWPlan {
   // instance dict), a key missing or of another form (the general way raises there), or grads
   // that do not hold.
   bool step_group(const py::dict& group, const py::dict& attributes) {
-    static PyObject* const keys[] = {intern("grad_scale"), intern("found_inf"), intern("lr"),      intern("betas"),
-                                     intern("weight_decay"), intern("eps"),     intern("amsgrad"), intern("maximize")};
+    using python_dict::interned, python_dict::item;
+    static PyObject* const keys[] = {interned("grad_scale"), interned("found_inf"),    interned("lr"),
+                                     interned("betas"),      interned("weight_decay"), interned("eps"),
+                                     interned("amsgrad"),    interned("maximize")};
     for (PyObject* amp : {keys[0], keys[1]}) {
       PyObject* t = item(attributes.ptr(), amp);
       if (t != nullptr && t != Py_None) return false;
@@ -110,13 +114,6 @@ class MaskedAdamWPlan {
   }
 
  private:
-  static PyObject* intern(const char* key) { return PyUnicode_InternFromString(key); }
-  // d[key] (borrowed), or nullptr when absent; a key's __eq__ raising propagates.
-  static PyObject* item(PyObject* d, PyObject* key) {
-    PyObject* v = PyDict_GetItemWithError(d, key);
-    if (v == nullptr && PyErr_Occurred()) throw py::error_already_set();
-    return v;
-  }
   // float(value) and bool(value) as Python takes them (a tensor lr, a string, included); false
   // when the value is absent (nullptr); a conversion that raises propagates.
   static bool as_double(PyObject* value, double& out) {

@@ -14,10 +14,13 @@
 #include <utility>
 #include <vector>
 
+#include "python_dict.h"
+
 namespace winnow {
 namespace {
 
 namespace py = pybind11;
+using python_dict::item;
 
 class StateWatch {
  public:
@@ -96,18 +99,12 @@ class StateWatch {
     }
   }
 
-  // d[key] (borrowed), or nullptr when absent; a key's __eq__ raising propagates.
-  static PyObject* item(PyObject* d, PyObject* key) {
-    PyObject* v = PyDict_GetItemWithError(d, key);
-    if (v == nullptr && PyErr_Occurred()) throw py::error_already_set();
-    return v;
-  }
   static PyObject* amsgrad_key() {
-    static PyObject* key = PyUnicode_InternFromString("amsgrad");
+    static PyObject* key = python_dict::interned("amsgrad");
     return key;
   }
   static PyObject* params_key() {
-    static PyObject* key = PyUnicode_InternFromString("params");
+    static PyObject* key = python_dict::interned("params");
     return key;
   }
 
